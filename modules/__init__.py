@@ -1,0 +1,1 @@
+"""The WebUI application package."""

@@ -1,0 +1,116 @@
+"""Generation routes: txt2img, progress, interrupt, skip, png-info.
+
+Jobs run on the App's single worker; a request handler only submits and then awaits completion by polling the job
+(no thread is held while waiting), so progress/interrupt stay responsive however many requests are queued.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+
+from modules.api.convert import txt2img_request
+from modules.api.models import (
+    ImageResponse,
+    PngInfoRequest,
+    PngInfoResponse,
+    ProgressResponse,
+    ProgressState,
+    Txt2ImgRequest,
+)
+from modules.api.settings_routes import apply_options
+from modules.engine.images import decode_image_base64, encode_image_base64, read_image_info
+from modules.engine.infotext import parse_infotext
+from modules.engine.result import GenerationResult
+from modules.jobs import Job, JobFailed
+
+if TYPE_CHECKING:
+    from modules.app import App
+
+JOB_POLL_SECONDS = 0.02
+# JobQueue.interrupt() fails queued jobs with this reason; for the caller that is an empty result, not an error.
+INTERRUPTED_BEFORE_START = "interrupted before it started"
+
+
+async def wait_for(job: Job) -> Any:
+    while not job.done:
+        await asyncio.sleep(JOB_POLL_SECONDS)
+    return job.wait(0)
+
+
+def encode_result(app: App, body: Txt2ImgRequest, result: GenerationResult | None) -> ImageResponse:
+    """A1111 response: the grid first (when made), infotexts embedded, info as a JSON string."""
+    settings = app.settings
+    if result is None:  # interrupted while still queued
+        return ImageResponse(images=[], parameters=body.model_dump(mode="json"), info=json.dumps({}))
+    pairs = list(zip(result.images, result.infotexts))
+    info = dict(result.info)
+    if result.grid is not None:
+        pairs.insert(0, (result.grid, result.first_infotext))
+        info["infotexts"] = [result.first_infotext, *info.get("infotexts", [])]
+        info["index_of_first_image"] = 1
+    if result.warnings:
+        info["warnings"] = list(result.warnings)
+    images = [encode_image_base64(image, settings.samples_format, text if settings.enable_pnginfo else None)
+              for image, text in pairs] if body.send_images else []
+    return ImageResponse(images=images, parameters=body.model_dump(mode="json"), info=json.dumps(info, default=str))
+
+
+def progress_of(job: Job | None, *, skip_current_image: bool) -> ProgressResponse:
+    if job is None or job.action is not None or job.done:  # idle (a model switch is not a generation job)
+        return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState(), current_image=None, textinfo=None)
+    snapshot = job.snapshot()
+    started = time.strftime("%Y%m%d%H%M%S", time.localtime(job.started or job.created))
+    state = ProgressState(skipped=snapshot.skipped, interrupted=snapshot.interrupted, job=job.id,
+                          job_count=snapshot.job_count, job_timestamp=started, job_no=snapshot.job_no,
+                          sampling_step=snapshot.step, sampling_steps=snapshot.steps)
+    image = None
+    if snapshot.preview is not None and not skip_current_image:
+        image = encode_image_base64(snapshot.preview, "png")
+    return ProgressResponse(progress=snapshot.fraction, eta_relative=snapshot.eta_seconds, state=state,
+                            current_image=image, textinfo=snapshot.textinfo)
+
+
+def png_info(body: PngInfoRequest) -> PngInfoResponse:
+    if not body.image.strip():
+        return PngInfoResponse(info="", items={}, parameters={})  # A1111 answers an empty image with empty info
+    image = decode_image_base64(body.image)
+    infotext, items = read_image_info(image)
+    return PngInfoResponse(info=infotext or "", items=items, parameters=parse_infotext(infotext) if infotext else {})
+
+
+def add_generation_routes(router: APIRouter, app: App) -> None:
+    @router.post("/txt2img", response_model=ImageResponse, summary="Text to image")
+    async def txt2img(body: Txt2ImgRequest) -> ImageResponse:
+        if body.override_settings and not body.override_settings_restore_afterwards:
+            await run_in_threadpool(apply_options, app, body.override_settings)  # A1111 keeps them afterwards
+        request = await run_in_threadpool(txt2img_request, body, app)
+        job = app.submit(request, task_id=body.force_task_id)
+        try:
+            result = await wait_for(job)
+        except JobFailed:
+            if job.error != INTERRUPTED_BEFORE_START:
+                raise
+            result = None
+        return await run_in_threadpool(encode_result, app, body, result)
+
+    @router.get("/progress", response_model=ProgressResponse, summary="Progress of the running job")
+    def progress(skip_current_image: bool = False) -> ProgressResponse:
+        return progress_of(app.jobs.current, skip_current_image=skip_current_image)
+
+    @router.post("/interrupt", summary="Stop the running job (it returns what it finished) and drop queued ones")
+    async def interrupt() -> dict:
+        app.jobs.interrupt()
+        return {}
+
+    @router.post("/skip", summary="Skip the current batch of the running job")
+    async def skip() -> None:
+        app.jobs.skip()
+
+    @router.post("/png-info", response_model=PngInfoResponse, summary="Read the infotext of an image")
+    def png_info_route(body: PngInfoRequest) -> PngInfoResponse:
+        return png_info(body)

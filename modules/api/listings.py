@@ -1,0 +1,81 @@
+"""Read-only lists clients fetch to fill their menus: samplers, schedulers, upscalers, styles, and the networks
+this server does not have yet (hypernetworks, face restorers, ...) as correctly shaped empty answers."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter
+
+from modules.api.models import (
+    EmbeddingsResponse,
+    LatentUpscaleModeItem,
+    LoraItem,
+    PromptStyleItem,
+    SamplerItem,
+    SchedulerItem,
+    ScriptsList,
+    UpscalerItem,
+)
+from modules.api.styles import read_styles
+from modules.engine.generate import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
+from modules.engine.samplers import sampler_list_for_api, schedule_list_for_api
+
+if TYPE_CHECKING:
+    from modules.app import App
+
+A1111_UPSCALER_SCALE = 4  # A1111 lists its built-in upscalers with scale 4
+
+
+def upscaler_items() -> list[UpscalerItem]:
+    """'None' first, as A1111 lists it; model fields are null for the built-in resamplers."""
+    names = ["None", *(name for name in PIXEL_UPSCALERS if name != "None")]
+    return [UpscalerItem(name=name, model_name=None, model_path=None, model_url=None, scale=A1111_UPSCALER_SCALE)
+            for name in names]
+
+
+def add_listing_routes(router: APIRouter, app: App) -> None:
+    @router.get("/samplers", response_model=list[SamplerItem], summary="Samplers (A1111 names and aliases)")
+    def samplers() -> list[dict]:
+        return sampler_list_for_api()
+
+    @router.get("/schedulers", response_model=list[SchedulerItem], summary="Schedule types")
+    def schedulers() -> list[dict]:
+        return schedule_list_for_api()
+
+    @router.get("/upscalers", response_model=list[UpscalerItem], summary="Pixel upscalers (hires fix, extras)")
+    def upscalers() -> list[UpscalerItem]:
+        return upscaler_items()
+
+    @router.get("/latent-upscale-modes", response_model=list[LatentUpscaleModeItem], summary="Latent upscalers")
+    def latent_upscale_modes() -> list[LatentUpscaleModeItem]:
+        return [LatentUpscaleModeItem(name=name) for name in LATENT_UPSCALE_MODES]
+
+    @router.get("/prompt-styles", response_model=list[PromptStyleItem], summary="Styles from styles.csv")
+    def prompt_styles() -> list[PromptStyleItem]:
+        return [PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
+                for s in read_styles(app.paths.styles_file)]
+
+    @router.get("/embeddings", response_model=EmbeddingsResponse, summary="Textual inversion embeddings")
+    def embeddings() -> EmbeddingsResponse:
+        return EmbeddingsResponse()
+
+    @router.get("/loras", response_model=list[LoraItem], summary="LoRA networks")
+    def loras() -> list[LoraItem]:
+        return []
+
+    @router.get("/scripts", response_model=ScriptsList, summary="Selectable scripts")
+    def scripts() -> ScriptsList:
+        return ScriptsList()
+
+    for path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/script-info", "/extensions"):
+        router.add_api_route(path, _empty_list, methods=["GET"], summary="Not available in this server: []")
+    for path in ("/refresh-loras", "/refresh-embeddings"):
+        router.add_api_route(path, _nothing, methods=["POST"], summary="Rescan (nothing to rescan yet)")
+
+
+def _empty_list() -> list[Any]:
+    return []
+
+
+def _nothing() -> None:
+    return None

@@ -1,0 +1,265 @@
+"""request → images + infotexts. Reads top-down as named stages: plan → (per batch) sample → hires → decode → describe.
+
+The diffusers pipeline does the denoising loop; we supply everything A1111 users expect around it: our own prompt
+embeddings (A1111 syntax, clip skip, prompt editing swapped in from the step callback), per-image CPU noise
+from seeds, a fresh scheduler per pass, progress/preview/interrupt through the StepObserver.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from modules.engine import infotext as infotext_format
+from modules.engine.model import EngineModel
+from modules.engine.progress import NullObserver, StepObserver
+from modules.engine.prompt_parser import extract_extra_networks
+from modules.engine.prompts import PromptSchedule
+from modules.engine.request import GenerationRequest, HiresOptions
+from modules.engine.result import GenerationResult
+from modules.engine.samplers import SamplerSpec, ScheduleSpec, build_scheduler, infotext_schedule_label, resolve_sampler
+from modules.engine.seeds import create_noise, image_seeds, resolve_seed
+
+log = logging.getLogger(__name__)
+
+LATENT_UPSCALE_MODES = {"Latent": "bilinear", "Latent (nearest)": "nearest", "Latent (nearest-exact)": "nearest-exact",
+                        "Latent (bicubic)": "bicubic", "Latent (antialiased)": "bilinear"}
+PIXEL_UPSCALERS = {"Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST, "None": Image.LANCZOS}
+HIRES_UPSCALERS = (*LATENT_UPSCALE_MODES, "Lanczos", "Nearest", "None")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Settings the engine reads (passed in, never looked up)."""
+
+    clip_skip: int = 1
+    emphasis: str = "Original"
+    version: str = infotext_format.VERSION
+
+
+@dataclass
+class GenerationPlan:
+    """Everything resolved before sampling starts."""
+
+    request: GenerationRequest
+    sampler: SamplerSpec
+    schedule: ScheduleSpec
+    seeds: list[int]
+    subseeds: list[int]
+    clip_skip: int
+    prompt: str  # extra-network tags removed
+    options: EngineOptions
+    warnings: list[str] = field(default_factory=list)
+
+
+def generate(model: EngineModel, request: GenerationRequest, *, observer: StepObserver | None = None,
+             options: EngineOptions = EngineOptions()) -> GenerationResult:
+    observer = observer or NullObserver()
+    plan = plan_generation(request, options)
+    images: list[Image.Image] = []
+    for batch_no in range(request.n_iter):
+        if observer.interrupted():
+            break
+        batch = slice(batch_no * request.batch_size, (batch_no + 1) * request.batch_size)
+        images += sample_batch(model, plan, plan.seeds[batch], plan.subseeds[batch], batch_no, observer)
+    return describe(model, plan, images, interrupted=observer.interrupted())
+
+
+def plan_generation(request: GenerationRequest, options: EngineOptions) -> GenerationPlan:
+    request.validate()
+    sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
+    if request.hires is not None and request.hires.upscaler not in HIRES_UPSCALERS:
+        raise ValueError(f"unknown hires upscaler {request.hires.upscaler!r}; choose one of {', '.join(HIRES_UPSCALERS)}")
+    seed = resolve_seed(request.seed)
+    subseed = resolve_seed(request.subseed)
+    seeds, subseeds = image_seeds(seed, request.total_images, subseed, request.subseed_strength)
+    prompt, _tags = extract_extra_networks(request.prompt)
+    resolved = request.replace(seed=seed, subseed=subseed, sampler_name=sampler.name)
+    clip_skip = request.clip_skip or options.clip_skip
+    return GenerationPlan(resolved, sampler, schedule, seeds, subseeds, clip_skip, prompt, options)
+
+
+def sample_batch(model: EngineModel, plan: GenerationPlan, seeds: list[int], subseeds: list[int], batch_no: int,
+                 observer: StepObserver) -> list[Image.Image]:
+    """First pass (and hires pass) for one batch; returns decoded images."""
+    request = plan.request
+    job_count = request.n_iter * (2 if request.hires else 1)
+    pass_no = batch_no * (2 if request.hires else 1)
+    scale = model.vae_scale_factor
+    resize_from = (request.seed_resize_from_w, request.seed_resize_from_h)
+    noise = create_noise(
+        (model.components.vae.config.latent_channels, request.height // scale, request.width // scale), seeds,
+        subseeds=subseeds, subseed_strength=request.subseed_strength,
+        seed_resize_from=resize_from if all(resize_from) else None)
+    schedule = model.prompt_encoder.schedule(plan.prompt, request.negative_prompt, request.steps,
+                                             clip_skip=plan.clip_skip, emphasis=plan.options.emphasis)
+    pipe = model.pipeline("txt2img", build_scheduler(plan.sampler, plan.schedule, model.scheduler_config, seed=seeds[0]))
+    observer.begin_pass(job_no=pass_no, job_count=job_count, steps=request.steps, label=f"Batch {batch_no + 1}")
+    latents = run_pipeline(pipe, model, schedule, request, observer, batch=len(seeds), steps=request.steps,
+                           latents=noise.to(model.device, model.dtype), output_type="latent",
+                           width=request.width, height=request.height)
+    if request.hires is not None and not observer.interrupted():
+        latents = hires_pass(model, plan, latents, seeds, pass_no + 1, job_count, observer)
+    return decode_latents(model, latents)
+
+
+def hires_pass(model: EngineModel, plan: GenerationPlan, latents: torch.Tensor, seeds: list[int], pass_no: int,
+               job_count: int, observer: StepObserver) -> torch.Tensor:
+    """A1111 hires fix: upscale the first pass (in latent or pixel space), then img2img at the target size."""
+    request = plan.request
+    hires: HiresOptions = request.hires  # type: ignore[assignment]
+    width, height = hires.target_size(request.width, request.height)
+    scale = model.vae_scale_factor
+    if hires.upscaler in LATENT_UPSCALE_MODES:
+        mode = LATENT_UPSCALE_MODES[hires.upscaler]
+        image: Any = F.interpolate(latents.float(), size=(height // scale, width // scale), mode=mode,
+                                   antialias=hires.upscaler == "Latent (antialiased)").to(latents.dtype)
+    else:
+        image = [img.resize((width, height), PIXEL_UPSCALERS[hires.upscaler]) for img in decode_latents(model, latents)]
+    steps = hires.steps or request.steps
+    # A1111: prompt-editing steps past the first pass (or fractions 1.0-2.0) address the hires pass.
+    schedule = model.prompt_encoder.schedule(plan.prompt, request.negative_prompt, request.steps, hires_steps=steps,
+                                             clip_skip=plan.clip_skip, emphasis=plan.options.emphasis)
+    pipe = model.pipeline("img2img", build_scheduler(plan.sampler, plan.schedule, model.scheduler_config, seed=seeds[0]))
+    # diffusers runs int(steps * strength) of the `steps` steps, as A1111 does without "img2img_fix_steps".
+    observer.begin_pass(job_no=pass_no, job_count=job_count, steps=max(int(steps * hires.denoising_strength), 1),
+                        label="Hires fix")
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    return run_pipeline(pipe, model, schedule, request, observer, batch=len(seeds), steps=steps, image=image,
+                        strength=hires.denoising_strength, generator=generators, output_type="latent",
+                        width=width, height=height)
+
+
+def run_pipeline(pipe: Any, model: EngineModel, schedule: PromptSchedule, request: GenerationRequest,
+                 observer: StepObserver, *, batch: int, steps: int, width: int, height: int, **call: Any) -> torch.Tensor:
+    """One diffusers call with our embeddings; prompt-editing changes and interrupts happen in the step callback."""
+    use_cfg = request.cfg_scale > 1.0  # the pipelines skip the negative branch at cfg <= 1
+    cond, uncond = schedule.at(0)
+    embeds = _embedding_kwargs(model, cond, uncond, batch)
+    tensor_inputs = ["latents", "prompt_embeds"] + (["add_text_embeds"] if model.kind == "sdxl" else [])
+    stopped = False
+
+    def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict:
+        nonlocal stopped
+        observer.on_step(step + 1, tensors["latents"])
+        if observer.interrupted() or observer.skipped():
+            stopped = True
+            pipeline._interrupt = True  # remaining steps are skipped; what is there gets decoded (A1111 semantics)
+        elif step + 1 in schedule.change_steps:
+            _swap_conditioning(model, schedule.at(step + 1), tensors, batch, use_cfg)
+        return tensors
+
+    extra = {"original_size": (height, width), "target_size": (height, width)} if model.kind == "sdxl" else {}
+    with torch.inference_mode():
+        output = pipe(num_inference_steps=steps, guidance_scale=request.cfg_scale, width=width, height=height,
+                      callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=tensor_inputs,
+                      **embeds, **extra, **call)
+    if stopped:
+        log.info("sampling stopped early at the user's request")
+    return output.images
+
+
+def _embedding_kwargs(model: EngineModel, cond: Any, uncond: Any, batch: int) -> dict[str, torch.Tensor]:
+    kwargs = {"prompt_embeds": _batch(cond.embeds, batch), "negative_prompt_embeds": _batch(uncond.embeds, batch)}
+    if model.kind == "sdxl":
+        kwargs["pooled_prompt_embeds"] = _batch(cond.pooled, batch)
+        kwargs["negative_pooled_prompt_embeds"] = _batch(uncond.pooled, batch)
+    return kwargs
+
+
+def _swap_conditioning(model: EngineModel, pair: tuple, tensors: dict, batch: int, use_cfg: bool) -> None:
+    """The pipelines concatenated [negative; positive] before the loop: replace it with the same layout."""
+    cond, uncond = pair
+    embeds = [_batch(uncond.embeds, batch), _batch(cond.embeds, batch)] if use_cfg else [_batch(cond.embeds, batch)]
+    tensors["prompt_embeds"] = torch.cat(embeds).to(tensors["prompt_embeds"])
+    if model.kind == "sdxl":
+        pooled = [_batch(uncond.pooled, batch), _batch(cond.pooled, batch)] if use_cfg else [_batch(cond.pooled, batch)]
+        tensors["add_text_embeds"] = torch.cat(pooled).to(tensors["add_text_embeds"])
+
+
+def _batch(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    return tensor.expand(batch, *tensor.shape[1:])
+
+
+def decode_latents(model: EngineModel, latents: torch.Tensor) -> list[Image.Image]:
+    """VAE decode; an fp16 VAE that overflows (NaNs) is retried in fp32, the fix A1111 users wish they had."""
+    vae = model.components.vae
+    with torch.inference_mode():
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        if torch.isnan(decoded).any() and vae.dtype != torch.float32:
+            log.warning("VAE produced NaNs in %s; decoding again in float32", vae.dtype)
+            decoded = vae.float().decode(latents.float() / vae.config.scaling_factor).sample
+            vae.to(model.dtype)
+    pixels = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(array) for array in pixels]
+
+
+def describe(model: EngineModel, plan: GenerationPlan, images: list[Image.Image], *, interrupted: bool) -> GenerationResult:
+    """Infotext per image and A1111's `info` object."""
+    request = plan.request
+    count = len(images)
+    infotexts = [infotext_format.format_infotext(request.prompt, request.negative_prompt,
+                                                 infotext_params(model, plan, index)) for index in range(count)]
+    result = GenerationResult(
+        request=request, images=images, infotexts=infotexts, seeds=plan.seeds[:count], subseeds=plan.subseeds[:count],
+        prompts=[request.prompt] * count, negative_prompts=[request.negative_prompt] * count,
+        warnings=list(plan.warnings), interrupted=interrupted)
+    result.info = a1111_info(model, plan, result)
+    return result
+
+
+def infotext_params(model: EngineModel, plan: GenerationPlan, index: int) -> dict[str, Any]:
+    request = plan.request
+    variation = request.subseed_strength > 0
+    params: dict[str, Any] = {
+        "Steps": request.steps, "Sampler": plan.sampler.name,
+        "Schedule type": infotext_schedule_label(plan.sampler, plan.schedule),
+        "CFG scale": request.cfg_scale, "Seed": plan.seeds[index], "Size": f"{request.width}x{request.height}",
+        "Model hash": model.model_hash, "Model": model.model_name,
+        "VAE hash": model.vae_hash, "VAE": model.vae_name,
+        "Variation seed": plan.subseeds[index] if variation else None,
+        "Variation seed strength": request.subseed_strength if variation else None,
+        "Seed resize from": f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
+        if request.seed_resize_from_w and request.seed_resize_from_h else None,
+        "Denoising strength": request.hires.denoising_strength if request.hires else None,
+        "Clip skip": plan.clip_skip if plan.clip_skip > 1 else None,
+        "RNG": "CPU",
+    }
+    if request.hires is not None:
+        hires = request.hires
+        if hires.resize_x and hires.resize_y:
+            params["Hires resize"] = f"{hires.resize_x}x{hires.resize_y}"
+        else:
+            params["Hires upscale"] = hires.scale
+        params["Hires steps"] = hires.steps or None
+        params["Hires upscaler"] = hires.upscaler
+    if plan.options.emphasis != "Original" and any(c in request.prompt + request.negative_prompt for c in "()[]"):
+        params["Emphasis"] = plan.options.emphasis
+    params.update(request.extra_params)
+    params["Version"] = plan.options.version
+    return params
+
+
+def a1111_info(model: EngineModel, plan: GenerationPlan, result: GenerationResult) -> dict[str, Any]:
+    request = plan.request
+    return {
+        "prompt": request.prompt, "all_prompts": result.prompts, "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": result.negative_prompts, "seed": plan.seeds[0], "all_seeds": result.seeds,
+        "subseed": plan.subseeds[0], "all_subseeds": result.subseeds, "subseed_strength": request.subseed_strength,
+        "width": request.width, "height": request.height, "sampler_name": plan.sampler.name,
+        "cfg_scale": request.cfg_scale, "steps": request.steps, "batch_size": request.batch_size,
+        "restore_faces": False, "face_restoration_model": None, "sd_model_name": model.model_name,
+        "sd_model_hash": model.model_hash, "sd_vae_name": model.vae_name, "sd_vae_hash": model.vae_hash,
+        "seed_resize_from_w": request.seed_resize_from_w or -1, "seed_resize_from_h": request.seed_resize_from_h or -1,
+        "denoising_strength": request.hires.denoising_strength if request.hires else None,
+        "extra_generation_params": {k: v for k, v in infotext_params(model, plan, 0).items()
+                                    if k in ("Schedule type", "Hires upscale", "Hires resize", "Hires steps",
+                                             "Hires upscaler", "RNG", "Emphasis") and v is not None},
+        "index_of_first_image": 0, "infotexts": result.infotexts, "styles": request.styles,
+        "job_timestamp": "", "clip_skip": plan.clip_skip, "is_using_inpainting_conditioning": False,
+        "version": plan.options.version,
+    }

@@ -1,0 +1,152 @@
+"""Train the embedded default model from scratch and write it as one A1111-style checkpoint.
+
+    python -m modules.training.train_default_model --out models/Stable-diffusion/shapes-v1.safetensors
+
+Stages (fixed seeds throughout): render the shapes dataset → train the VAE → encode every image once →
+train text encoder + UNet together with EMA → export fp16 single file → optionally score prompt adherence.
+Defaults reproduce the shipped file on a 2-core CPU in about an hour; a GPU is used when present
+(``--device auto``). Bit-exact equality of the weights needs the same device, thread count and library versions.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from diffusers import DDPMScheduler
+from tqdm import tqdm
+
+from modules.models.architecture import family_config
+from modules.models.tokenizer import load_clip_tokenizer
+from modules.training.dataset import build_dataset
+from modules.training.denoiser import DenoiserTraining, build_text_encoder, build_unet, train_denoiser
+from modules.training.export import export_checkpoint, model_metadata
+from modules.training.vae import (
+    build_vae, posterior_moments, standardize_latents, standardized_moments, train_vae,
+)
+
+FAMILY = "sd15"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the shipped weights (stored in the file's metadata)."""
+
+    seed: int = 0
+    image_size: int = 64
+    scenes: int = 12000
+    captions_per_scene: int = 4
+    vae_channels: tuple[int, ...] = (32, 64, 64, 64)
+    vae_steps: int = 800
+    vae_batch: int = 32
+    vae_crop: int = 32
+    vae_learning_rate: float = 2e-3
+    vae_kl_weight: float = 1e-4
+    text_hidden: int = 64
+    text_layers: int = 2
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    unet_steps: int = 2500
+    unet_batch: int = 64
+    unet_learning_rate: float = 1e-3
+    ema_decay: float = 0.998
+    caption_dropout: float = 0.1
+    snr_gamma: float = 5.0
+
+
+def progress(total: int, label: str) -> tuple[tqdm, Callable[[int, float], None]]:
+    """A progress bar showing the running mean loss; returns (bar, on_step callback)."""
+    bar = tqdm(total=total, desc=label, unit="step", file=sys.stdout, mininterval=2.0, dynamic_ncols=True)
+    recent: list[float] = []
+
+    def on_step(step: int, loss: float) -> None:
+        recent.append(loss)
+        del recent[:-50]
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
+
+    return bar, on_step
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" = CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
+          log: Callable[[str], None] = print) -> Path:
+    """Run every stage on `device`; returns the written checkpoint path."""
+    started = time.time()
+    torch.manual_seed(recipe.seed)
+    tokenizer = load_clip_tokenizer()
+    dataset = build_dataset(recipe.scenes, recipe.image_size, recipe.seed, tokenizer, recipe.captions_per_scene)
+    log(f"dataset: {len(dataset)} scenes at {recipe.image_size} px ({time.time() - started:.0f} s)")
+
+    vae = build_vae(family_config(FAMILY, "vae/config.json"), recipe.vae_channels, 1, recipe.image_size)
+    vae.to(device)
+    bar, on_step = progress(recipe.vae_steps, "VAE")
+    train_vae(vae, dataset.images, steps=recipe.vae_steps, batch_size=recipe.vae_batch, crop=recipe.vae_crop,
+              learning_rate=recipe.vae_learning_rate, kl_weight=recipe.vae_kl_weight, seed=recipe.seed + 1,
+              device=device, on_step=on_step)
+    bar.close()
+    means, stds = posterior_moments(vae, dataset.images)
+    means, stds = standardized_moments(means, stds, *standardize_latents(vae, means))
+    scale = vae.config.scaling_factor
+    latents = (means * scale, stds * scale)  # what the UNet sees: ~N(0, 1) per channel
+    log(f"latents: {tuple(means.shape)}, scaled std {float(latents[0].std()):.3f} ({time.time() - started:.0f} s)")
+
+    text_encoder = build_text_encoder(family_config(FAMILY, "text_encoder/config.json"), recipe.text_hidden,
+                                      recipe.text_layers).to(device)
+    unet = build_unet(family_config(FAMILY, "unet/config.json"), recipe.unet_channels, recipe.text_hidden,
+                      recipe.image_size // 8).to(device)
+    noise_schedule = DDPMScheduler.from_config(family_config(FAMILY, "scheduler/scheduler_config.json"))
+    options = DenoiserTraining(steps=recipe.unet_steps, batch_size=recipe.unet_batch,
+                               learning_rate=recipe.unet_learning_rate, ema_decay=recipe.ema_decay,
+                               caption_dropout=recipe.caption_dropout, snr_gamma=recipe.snr_gamma,
+                               seed=recipe.seed + 2)
+    bar, on_step = progress(recipe.unet_steps, "UNet + text encoder")
+    ema = train_denoiser(unet, text_encoder, noise_schedule, dataset, latents, options, device, on_step)
+    bar.close()
+    ema.copy_to_models()
+
+    metadata = model_metadata(
+        native_size=recipe.image_size, recipe=dataclasses.asdict(recipe), title="shapes-v1",
+        description="Tiny text-to-image model trained in-repo on the generated shapes world "
+                    "(flat circles, squares and triangles on plain backgrounds).")
+    path = export_checkpoint(out, unet, vae, text_encoder, metadata)
+    log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {(time.time() - started) / 60:.1f} min")
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("models/Stable-diffusion/shapes-v1.safetensors"))
+    parser.add_argument("--seed", type=int, default=Recipe.seed)
+    parser.add_argument("--steps", type=int, default=Recipe.unet_steps, help="UNet + text encoder steps")
+    parser.add_argument("--vae-steps", type=int, default=Recipe.vae_steps)
+    parser.add_argument("--scenes", type=int, default=Recipe.scenes, help="training images to render")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = dataclasses.replace(Recipe(), seed=args.seed, unet_steps=args.steps, vae_steps=args.vae_steps,
+                                 scenes=args.scenes)
+    train(recipe, args.out, resolve_device(args.device))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The default model's VAE: a small SD-layout ``AutoencoderKL`` (4 levels = ×8, 4 latent channels).
+
+Trained on random crops (the network is convolutional, so crops teach the same edges at a fraction of the
+cost) with L1 + L2 reconstruction and a small KL term towards N(0, 1), sampling the posterior so the decoder
+tolerates the small latent errors a diffusion model makes. Afterwards `standardize_latents` folds a
+per-channel affine map into ``quant_conv``/``post_quant_conv`` so that ``scaling_factor · z`` has zero mean and
+unit variance with SD's own factor 0.18215: any SD1 loader then scales our latents correctly.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+from torch import Tensor
+
+from modules.training.dataset import to_model_range
+
+SD_SCALING_FACTOR = 0.18215
+
+
+def build_vae(family_config: dict[str, Any], channels: tuple[int, ...], layers_per_block: int,
+              sample_size: int) -> AutoencoderKL:
+    """An AutoencoderKL with the SD1 family's settings and our (small) widths."""
+    config = {k: v for k, v in family_config.items() if not k.startswith("_")}
+    config.update(
+        block_out_channels=list(channels), layers_per_block=layers_per_block, sample_size=sample_size,
+        down_block_types=["DownEncoderBlock2D"] * len(channels), up_block_types=["UpDecoderBlock2D"] * len(channels),
+        scaling_factor=SD_SCALING_FACTOR,
+    )
+    return AutoencoderKL.from_config(config)
+
+
+def random_crops(images: Tensor, indices: Tensor, crop: int, generator: torch.Generator) -> Tensor:
+    """One random `crop`×`crop` window (aligned to 8 px, like the latent grid) per chosen image."""
+    size = images.shape[-1]
+    cells = (size - crop) // 8 + 1
+    offsets = torch.randint(cells, (len(indices), 2), generator=generator) * 8
+    return torch.stack([images[i, :, y:y + crop, x:x + crop] for i, (y, x) in zip(indices.tolist(), offsets.tolist())])
+
+
+def vae_loss(vae: AutoencoderKL, batch: Tensor, generator: torch.Generator, kl_weight: float) -> Tensor:
+    """|x − x̂| + (x − x̂)² + β·KL(q(z|x) ‖ N(0, 1)), all as means per element."""
+    posterior = vae.encode(batch).latent_dist
+    # z = μ + σ·ε with ε drawn on the CPU generator
+    epsilon = torch.randn(posterior.mean.shape, generator=generator).to(batch.device)
+    reconstruction = vae.decode(posterior.mean + posterior.std * epsilon).sample
+    error = reconstruction - batch
+    # KL of a diagonal Gaussian: ½ (μ² + σ² − 1 − log σ²)
+    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+    return error.abs().mean() + error.pow(2).mean() + kl_weight * kl
+
+
+def train_vae(vae: AutoencoderKL, images: Tensor, *, steps: int, batch_size: int, crop: int, learning_rate: float,
+              kl_weight: float, seed: int, device: torch.device | str = "cpu",
+              on_step: Callable[[int, float], None] | None = None) -> None:
+    """Optimise the VAE in place (AdamW, linear warm-up then cosine decay); random numbers come from a CPU
+    generator, so the data order is the same on every device."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
+    schedule = warmup_cosine(steps, warmup=min(100, steps // 10 + 1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    vae.train()
+    for step in range(steps):
+        indices = torch.randint(len(images), (batch_size,), generator=generator)
+        batch = to_model_range(random_crops(images, indices, crop, generator)).to(device)
+        loss = vae_loss(vae, batch, generator, kl_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        if on_step is not None:
+            on_step(step, loss.item())
+    vae.eval()
+
+
+def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear 0 → 1 over `warmup` steps, then cosine 1 → 0.05."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+@torch.no_grad()
+def posterior_moments(vae: AutoencoderKL, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """Posterior mean and std of every image's latent ([N, 4, h, w] each, on the CPU)."""
+    device = next(vae.parameters()).device
+    means, stds = [], []
+    for start in range(0, len(images), batch_size):
+        posterior = vae.encode(to_model_range(images[start:start + batch_size]).to(device)).latent_dist
+        means.append(posterior.mean.cpu())
+        stds.append(posterior.std.cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def standardize_latents(vae: AutoencoderKL, latent_means: Tensor) -> tuple[Tensor, Tensor]:
+    """Fold z' = a·(z − m) into the VAE so that 0.18215·z' has per-channel mean 0 and std 1.
+
+    quant_conv yields [μ, log σ²]: μ' = a(μ − m), log σ'² = log σ² + 2 log a.
+    post_quant_conv receives z = z'/a + m: W' = W / a (per input channel), b' = b + W m.
+    Returns (a, m) per channel, to map already-computed moments: μ' = a(μ − m), σ' = a·σ.
+    """
+    device = vae.quant_conv.weight.device
+    mean = latent_means.mean(dim=(0, 2, 3)).to(device)
+    std = latent_means.std(dim=(0, 2, 3)).to(device)
+    scale = 1.0 / (std * SD_SCALING_FACTOR)
+    channels = len(mean)
+    quant = vae.quant_conv
+    quant.bias[:channels] = scale * (quant.bias[:channels] - mean)
+    quant.weight[:channels] *= scale.view(-1, 1, 1, 1)
+    quant.bias[channels:] += 2.0 * torch.log(scale)
+    post = vae.post_quant_conv
+    post.bias += (post.weight[:, :, 0, 0] @ mean)
+    post.weight /= scale.view(1, -1, 1, 1)
+    return scale.cpu(), mean.cpu()
+
+
+def standardized_moments(means: Tensor, stds: Tensor, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+    """Moments after `standardize_latents`, without encoding again: μ' = a(μ − m), σ' = a·σ."""
+    a, m = scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
+    return a * (means - m), a * stds

@@ -1,0 +1,101 @@
+"""The default-model training code end to end, at toy size and for a few steps (seconds, not an hour)."""
+import dataclasses
+
+import torch
+from diffusers import DDPMScheduler
+
+from modules.models.architecture import family_config
+from modules.models.detect import detect_family
+from modules.models.loader import load_components, read_checkpoint
+from modules.models.tokenizer import load_clip_tokenizer
+from modules.training.dataset import build_dataset, caption_batch
+from modules.training.denoiser import ExponentialMovingAverage
+from modules.training.evaluate import build_pipeline, generate
+from modules.training.train_default_model import Recipe, main, train
+from modules.training.vae import (
+    build_vae, posterior_moments, standardize_latents, standardized_moments, train_vae,
+)
+
+TINY = dataclasses.replace(
+    Recipe(), scenes=48, vae_channels=(32, 32, 32, 32), vae_steps=2, vae_batch=4, text_hidden=32, text_layers=1,
+    unet_channels=(32, 64), unet_steps=3, unet_batch=4,
+)
+
+
+def test_dataset_is_deterministic_and_drops_captions_for_guidance():
+    tokenizer = load_clip_tokenizer()
+    first, second = (build_dataset(16, 64, seed=3, tokenizer=tokenizer) for _ in range(2))
+    assert torch.equal(first.images, second.images) and torch.equal(first.token_ids, second.token_ids)
+    assert first.images.shape == (16, 3, 64, 64) and first.images.dtype == torch.uint8
+    assert first.token_ids.shape == (16, 4, 77)
+    assert first.empty_ids[0] == 49406 and (first.empty_ids[1:] == 49407).all()  # BOS, then EOS/pad
+    ids = caption_batch(first, torch.arange(16).repeat(50), torch.Generator().manual_seed(0), dropout=0.1)
+    dropped = (ids == first.empty_ids).all(dim=1).float().mean()
+    assert 0.05 < dropped < 0.15
+
+
+def test_standardized_vae_keeps_decoding_and_gives_unit_latents():
+    tokenizer = load_clip_tokenizer()
+    data = build_dataset(32, 64, seed=0, tokenizer=tokenizer)
+    vae = build_vae(family_config("sd15", "vae/config.json"), (32, 32, 32, 32), 1, 64)
+    train_vae(vae, data.images, steps=2, batch_size=4, crop=32, learning_rate=1e-3, kl_weight=1e-4, seed=0)
+    means, stds = posterior_moments(vae, data.images)
+    with torch.no_grad():
+        before = vae.decode(means[:4]).sample
+    mapped_means, mapped_stds = standardized_moments(means, stds, *standardize_latents(vae, means))
+    new_means, new_stds = posterior_moments(vae, data.images)
+    assert torch.allclose(new_means, mapped_means, atol=1e-4) and torch.allclose(new_stds, mapped_stds, rtol=1e-3)
+    scaled = new_means * vae.config.scaling_factor
+    assert torch.allclose(scaled.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-4)
+    assert torch.allclose(scaled.std(dim=(0, 2, 3)), torch.ones(4), atol=1e-4)
+    with torch.no_grad():
+        after = vae.decode(new_means[:4]).sample
+    assert torch.allclose(before, after, atol=1e-4)  # the same decoder function, reparametrised
+
+
+def test_ema_follows_the_formula():
+    layer = torch.nn.Linear(2, 2)
+    ema = ExponentialMovingAverage([layer], decay=0.9)
+    start = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    ema.update()  # d = min(0.9, 2/11)
+    decay = 2 / 11
+    assert torch.allclose(ema.shadow[0], decay * start + (1 - decay) * layer.weight)
+    ema.copy_to_models()
+    assert torch.allclose(layer.weight, ema.shadow[0])
+
+
+def test_training_writes_a_checkpoint_the_app_loader_reads(tmp_path, capsys):
+    path = train(TINY, tmp_path / "tiny-shapes.safetensors")
+    output = capsys.readouterr().out
+    assert "VAE" in output and "UNet + text encoder" in output and "loss=" in output
+    state_dict, metadata = read_checkpoint(path)
+    assert all(t.dtype == torch.float16 for t in state_dict.values() if t.is_floating_point())
+    assert metadata["modelspec.architecture"] == "stable-diffusion-v1"
+    assert metadata["modelspec.prediction_type"] == "epsilon"
+    assert metadata["sd_native_size"] == "64"
+    info = detect_family(state_dict, metadata)
+    assert info.family == "sd15" and info.prediction_type == "epsilon"
+    components = load_components(state_dict, info, metadata=metadata)
+    assert components.native_size == 64
+    assert components.text_encoder.config.vocab_size == 49408
+    assert list(components.unet.config.block_out_channels) == [32, 64]
+    pipe = build_pipeline(components.unet, components.vae, components.text_encoder, components.tokenizer,
+                          components.scheduler_config)
+    image, = generate(pipe, ["a red circle on a blue background"], [1], 64, steps=2)
+    assert image.size == (64, 64)
+
+
+def test_cli_flags_reach_the_recipe(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_train(recipe, out, device):
+        seen.update(recipe=recipe, out=out, device=device)
+
+    monkeypatch.setattr("modules.training.train_default_model.train", fake_train)
+    main(["--out", str(tmp_path / "x.safetensors"), "--steps", "7", "--vae-steps", "5", "--seed", "3",
+          "--device", "cpu", "--threads", "1", "--scenes", "99"])
+    recipe = seen["recipe"]
+    assert (recipe.unet_steps, recipe.vae_steps, recipe.seed, recipe.scenes) == (7, 5, 3, 99)
+    assert str(seen["device"]) == "cpu"
