@@ -110,9 +110,9 @@ def create_app(options: LaunchOptions, *, load_model: bool = True) -> App:
     dtype = pick_dtype(options.precision, device)
     if device.type == "cpu" and os.environ.get("OMP_NUM_THREADS") is None:
         torch.set_num_threads(max(os.cpu_count() or 1, 1))
-    models = ModelManager(checkpoint_dirs=paths.ckpt_dirs, vae_dir=paths.vae_dir,
+    models = ModelManager(checkpoint_dirs=paths.ckpt_dirs, vae_dir=paths.vae_dir, preview_dirs=paths.taesd_dirs,
                           hash_cache=HashCache(paths.models_dir / ".hashes.json"), device=device, dtype=dtype,
-                          ram_limit=settings.sd_checkpoints_limit)
+                          ram_limit=settings.sd_checkpoints_limit, low_memory=options.medvram or options.lowvram)
     app = App(options=options, paths=paths, models=models, _settings=settings)
     app.jobs = JobQueue(lambda job: run_job(app, job))
     log.info("device %s, precision %s", device, dtype)

@@ -30,6 +30,7 @@ class JobState(str, enum.Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # dropped from the queue by an interrupt before it started
 
 
 class JobFailed(RuntimeError):
@@ -87,7 +88,7 @@ class Job:
         self._skip.set()
 
     def wait(self, timeout: float | None = None) -> Any:
-        """Block until the job ends; return its result or raise JobFailed."""
+        """Block until the job ends; return its result (None if it was cancelled before starting) or raise JobFailed."""
         if not self._done.wait(timeout):
             raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
         if self.state is JobState.FAILED:
@@ -185,7 +186,7 @@ class JobQueue:
 
     def interrupt(self) -> None:
         """Stop the running job (it keeps what it finished) and drop every queued one."""
-        self._drain_queued("interrupted before it started")
+        self._drain_queued()
         job = self._current
         if job is not None:
             job.interrupt()
@@ -204,7 +205,7 @@ class JobQueue:
     def shutdown(self) -> None:
         self._queue.put(None)
 
-    def _drain_queued(self, reason: str) -> None:
+    def _drain_queued(self) -> None:
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -213,7 +214,7 @@ class JobQueue:
             if job is None:
                 self._queue.put(None)
                 return
-            job._finish(JobState.FAILED, error=reason)
+            job._finish(JobState.CANCELLED)
 
     def _remember(self, job: Job) -> None:
         self._recent[job.id] = job

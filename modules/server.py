@@ -125,8 +125,9 @@ def open_share_link(port: int) -> str | None:
     from gradio import networking
 
     try:
-        address = networking.setup_tunnel(local_host="127.0.0.1", local_port=port, share_token=secrets.token_urlsafe(32),
-                                          share_server_address=None, share_server_tls_certificate=None)
+        address = networking.setup_tunnel(local_host="127.0.0.1", local_port=port,
+                                          share_token=secrets.token_urlsafe(32), share_server_address=None,
+                                          share_server_tls_certificate=None)
     except Exception as error:  # offline, DNS, frpc binary download, certificate write: all mean "no link"
         cause = error.__cause__ or error
         print(f"--share needs an internet connection: could not create a share link ({type(cause).__name__}: "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass, fields
@@ -61,7 +62,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
             return value
         raise SettingsError(f"setting {key!r} must be true or false, got {value!r}")
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or int(value) != value:
             raise SettingsError(f"setting {key!r} must be an integer, got {value!r}")
         return int(value)
     if kind is str:

@@ -79,6 +79,19 @@ def test_txt2img_returns_png_with_infotext_and_a1111_info(server):
     assert body["parameters"]["steps"] == 2 and body["parameters"]["sampler_index"] == "Euler"
 
 
+def test_api_saves_only_when_asked(server):
+    client, app = server
+
+    def saved() -> list[Path]:
+        return sorted(app.paths.outputs_dir.rglob("*.png"))
+
+    assert saved() == []  # earlier jobs used the API default save_images=false
+    image_b64 = txt2img(client, steps=1, save_images=True)["images"][0]
+    files = saved()
+    assert len(files) == 1 and files[0].parent.parent.name == "txt2img-images"
+    assert Image.open(files[0]).info["parameters"] == decode(image_b64).info["parameters"]
+
+
 def test_same_request_is_reproducible_and_next_seed_differs(server):
     client, _ = server
     first, second = txt2img(client)["images"][0], txt2img(client)["images"][0]
@@ -95,6 +108,16 @@ def test_batch_puts_the_grid_first(server):
     assert decode(body["images"][0]).size != (64, 64)  # the grid
     assert [decode(image).size for image in body["images"][1:]] == [(64, 64), (64, 64)]
     assert txt2img(client, steps=1, send_images=False)["images"] == []
+
+
+def test_hires_fix_with_legacy_firstphase_size(server):
+    client, _ = server
+    body = txt2img(client, steps=1, enable_hr=True, firstphase_width=64, firstphase_height=64, width=96, height=96,
+                   hr_upscaler="Nearest", hr_second_pass_steps=2)
+    image = decode(body["images"][0])
+    assert image.size == (96, 96)
+    infotext = image.info["parameters"]
+    assert "Size: 64x64" in infotext and "Hires resize: 96x96" in infotext and "Hires upscaler: Nearest" in infotext
 
 
 def test_unknown_fields_are_ignored(server):
@@ -161,6 +184,29 @@ def test_nan_and_broken_json_are_422(server):
     headers = {"content-type": "application/json"}
     assert client.post(f"{API}/txt2img", content='{"cfg_scale": NaN}', headers=headers).status_code == 422
     assert client.post(f"{API}/txt2img", content='{"prompt": ', headers=headers).status_code == 422
+
+
+GARBAGE = [
+    ("txt2img", "[]"), ("txt2img", '"text"'), ("txt2img", "null"), ("txt2img", '{"width": "abc"}'),
+    ("txt2img", '{"width": 1e308}'), ("txt2img", '{"prompt": 5}'), ("txt2img", '{"styles": "shiny"}'),
+    ("txt2img", '{"override_settings": []}'), ("txt2img", '{"override_settings": {"sd_model_checkpoint": 5}}'),
+    ("txt2img", '{"override_settings": {"CLIP_stop_at_last_layers": Infinity}}'), ("txt2img", '{"seed": 1.5}'),
+    ("txt2img", '{"batch_size": 8, "n_iter": 9}'), ("txt2img", '{"enable_hr": true, "hr_scale": 10}'),
+    ("txt2img", '{"infotext": "x\\nSteps: 500, Sampler: Euler, Size: 64x64"}'),
+    ("txt2img", '{"infotext": "x\\nSteps: 2, Seed: 1, Size: 99999x64"}'), ("txt2img", '{"prompt": "' + "a" * 20001 + '"}'),
+    ("options", "[]"), ("options", '{"sd_model_checkpoint": null}'), ("options", '{"sd_checkpoints_limit": Infinity}'),
+    ("options", '{"sd_vae": "no-such-vae.safetensors"}'), ("options", '{"CLIP_stop_at_last_layers": "two"}'),
+    ("png-info", '{"image": 5}'), ("png-info", '{"image": "data:text/plain;base64,aGVsbG8="}'),
+]
+
+
+@pytest.mark.parametrize("route, payload", GARBAGE)
+def test_garbage_is_rejected_without_server_errors(server, route, payload):
+    client, app = server
+    before = app.models.current
+    response = client.post(f"{API}/{route}", content=payload, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] and app.models.current == before
 
 
 def test_png_info_round_trip_and_bad_input(server):
@@ -235,24 +281,31 @@ def test_progress_is_idle_between_jobs(server):
 
 def test_interrupt_returns_early_with_images_and_live_preview(server):
     client, _ = server
-    steps, outcome = 150, {}
     assert client.post(f"{API}/options", json={"show_progress_every_n_steps": 1}).status_code == 200
+    try:
+        check_interrupt_of_a_long_job(client, steps=150)
+    finally:
+        client.post(f"{API}/options", json={"show_progress_every_n_steps": 3})
+
+
+def check_interrupt_of_a_long_job(client: httpx.Client, steps: int) -> None:
+    outcome = {}
 
     def run() -> None:
-        started = time.monotonic()
+        outcome["started"] = time.monotonic()
         outcome["response"] = client.post(f"{API}/txt2img", json={**SMALL, "steps": steps, "width": 128,
                                                                    "height": 128, "force_task_id": "long-job"})
         outcome["finished"] = time.monotonic()
-        outcome["started"] = started
 
     worker = threading.Thread(target=run)
     worker.start()
-    preview, state = None, {}
+    preview, body = None, {"state": {}}
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (preview is None or state.get("sampling_step", 0) < 2):
+    while time.monotonic() < deadline and (preview is None or body["state"].get("sampling_step", 0) < 2):
         body = client.get(f"{API}/progress").json()
-        state, preview = body["state"], body["current_image"] or preview
+        preview = body["current_image"] or preview
         time.sleep(0.05)
+    state = body["state"]
     assert state["job"] == "long-job" and 0 < state["sampling_step"] < steps and 0 < body["progress"] < 1
     interrupted_at = time.monotonic()
     assert client.post(f"{API}/interrupt").json() == {}
@@ -260,11 +313,9 @@ def test_interrupt_returns_early_with_images_and_live_preview(server):
     response = outcome["response"]
     assert response.status_code == 200 and len(response.json()["images"]) == 1
     seconds_per_step = (interrupted_at - outcome["started"]) / state["sampling_step"]
-    remaining = seconds_per_step * (steps - state["sampling_step"])
-    assert outcome["finished"] - interrupted_at < remaining / 2
+    assert outcome["finished"] - interrupted_at < seconds_per_step * (steps - state["sampling_step"]) / 2
     assert decode(preview).size[0] > 0
     assert client.get(f"{API}/progress").json()["state"]["job_count"] == 0
-    client.post(f"{API}/options", json={"show_progress_every_n_steps": 3})
 
 
 def test_unload_then_generate_reloads_the_checkpoint(server):

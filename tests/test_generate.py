@@ -143,3 +143,38 @@ def test_outputs_are_saved_with_infotext(app):
     assert images[0].parent.parent.name == "txt2img-images"
     assert Image.open(images[0]).info["parameters"] == result.infotexts[0]
     assert any("txt2img-grids" in str(p) for p in result.saved_paths)
+
+
+class CountingObserver:
+    """Records how many steps each sampling pass ran."""
+
+    def __init__(self) -> None:
+        self.passes: list[list[int]] = []
+
+    def begin_pass(self, *, job_no, job_count, steps, label):
+        self.passes.append([steps, 0])
+
+    def on_step(self, step, latents):
+        self.passes[-1][1] = step
+
+    def interrupted(self):
+        return False
+
+    def skipped(self):
+        return False
+
+
+@pytest.mark.parametrize(("hires_steps", "strength"), [(1, 0.75), (3, 0.5), (5, 0.33), (2, 1.0)])
+def test_hires_runs_exactly_the_requested_steps(app, hires_steps, strength):
+    from modules.engine.generate import EngineOptions, generate
+    observer = CountingObserver()
+    request = GenerationRequest(**SMALL, seed=1, save_images=False,
+                                hires=HiresOptions(scale=1.5, steps=hires_steps, denoising_strength=strength))
+    generate(app.models.model, request, observer=observer, options=EngineOptions())
+    assert observer.passes == [[4, 4], [hires_steps, hires_steps]]
+
+
+def test_hires_with_zero_denoising_only_upscales(app):
+    for upscaler in ("Latent", "Lanczos"):
+        result = run(app, hires=HiresOptions(scale=2, upscaler=upscaler, denoising_strength=0.0))
+        assert result.images[0].size == (128, 128)

@@ -15,7 +15,7 @@ from modules.models.manager import NoCheckpointError
 from modules.options import parse_options
 from modules.settings import SettingsError
 from modules.ui import build_ui, pnginfo, results, settings_tab, topbar, txt2img
-from modules.ui.paste import looks_like_infotext, paste_infotext
+from modules.ui.paste import infotext_to_paste, looks_like_infotext, paste_infotext
 from modules.ui.txt2img_form import default_form_values, request_from_form, submit_txt2img, token_counter_text
 from tests.fixtures.tiny_models import write_tiny_sd15_single_file
 
@@ -62,6 +62,8 @@ def test_build_ui_has_the_a1111_controls_and_only_built_tabs(app: App) -> None:
     # the settings tab hides what the top bar edits
     assert "setting_sd_model_checkpoint" in ids and "setting_samples_format" in ids
     assert not any(f.name in topbar.QUICK_SETTINGS for f in settings_tab.editable_fields())
+    emphasis = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "setting_emphasis")
+    assert isinstance(emphasis, gr.Dropdown) and "No norm" in [choice[0] for choice in emphasis.choices]
 
 
 def test_build_ui_without_checkpoint_says_where_to_put_one(empty_app: App) -> None:
@@ -159,7 +161,8 @@ def test_paste_finds_the_model_by_name_and_warns_about_what_is_missing(app: App)
     assert pasted.checkpoint == app.models.find_checkpoint("alpha").title
     assert "sampler_name" not in pasted.form and pasted.form["enable_hr"] is False
     assert pasted.form["show_extra"] is False
-    assert any("DPM adaptive" in w for w in pasted.warnings) and any("missing.safetensors" in w for w in pasted.warnings)
+    assert any("DPM adaptive" in w for w in pasted.warnings)
+    assert any("missing.safetensors" in w for w in pasted.warnings)
     unknown = paste_infotext("cat\nSteps: 5, Seed: 1, Model: nowhere", checkpoints=app.models.checkpoints,
                              vae_choices=["Automatic"], hires_upscalers=UPSCALERS)
     assert unknown.checkpoint is None and any("nowhere" in w for w in unknown.warnings)
@@ -171,9 +174,12 @@ def test_send_seed_and_send_size_settings_are_honoured(app: App) -> None:
     assert not {"seed", "subseed", "width", "height", "show_extra"} & set(pasted.form)
 
 
-def test_paste_button_only_parses_infotexts() -> None:
+def test_paste_button_reads_an_infotext_or_the_last_generation() -> None:
     assert looks_like_infotext("cat\nSteps: 20, Seed: 1")
     assert not looks_like_infotext("a cat sitting on a mat")
+    assert infotext_to_paste("cat\nSteps: 20, Seed: 1", "old") == "cat\nSteps: 20, Seed: 1"
+    assert infotext_to_paste("  ", "last\nSteps: 5") == "last\nSteps: 5"
+    assert infotext_to_paste("a cat sitting on a mat", "last\nSteps: 5") == ""
 
 
 def test_paste_updates_target_form_and_top_bar(app: App) -> None:
@@ -241,10 +247,10 @@ def test_apply_settings_saves_changes_and_rejects_bad_values(app: App) -> None:
 
 def test_progress_html_shows_percent_eta_and_step() -> None:
     snapshot = ProgressSnapshot(state=JobState.RUNNING, job_no=1, job_count=2, step=5, steps=10, fraction=0.75,
-                                eta_seconds=65, textinfo="Sampling", preview=None, preview_id=0,
+                                eta_seconds=65, textinfo="Batch 2", preview=None, preview_id=0,
                                 interrupted=False, skipped=False)
     text = results.progress_html(snapshot)
-    assert "75%" in text and "ETA: 1m 05s" in text and "step 5/10" in text and "batch 2/2" in text
+    assert "75% ETA: 1m 05s — Batch 2: step 5/10 (2/2)" in text
     assert "width:75%" in text
 
 
@@ -254,7 +260,7 @@ def test_generate_streams_progress_then_fills_the_gallery(app: App) -> None:
         tab = txt2img.build_txt2img(app)
     values = {**default_form_values(64), "prompt": "a red circle", "steps": 2, "batch_size": 2, "seed": 5}
     job = submit_txt2img(app, values)
-    updates = list(txt2img._stream_job(tab, job, time.perf_counter()))
+    updates = list(txt2img.stream_job(tab, job, time.perf_counter()))
     final = updates[-1]
     images = final[tab.gallery]
     assert len(images) == 3  # grid first, then both images
@@ -266,3 +272,17 @@ def test_generate_streams_progress_then_fills_the_gallery(app: App) -> None:
     assert all(tab.progress in update for update in updates)
     info.selected = 2
     assert info.seed() == 6
+
+
+def test_interrupt_ends_the_stream_with_a_visible_note(app: App) -> None:
+    with gr.Blocks():
+        topbar.build_topbar(app)
+        tab = txt2img.build_txt2img(app)
+    job = submit_txt2img(app, {**default_form_values(64), "prompt": "x", "steps": 150, "n_iter": 3, "seed": 1})
+    deadline = time.time() + 60
+    while job.snapshot().step < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    app.jobs.interrupt()
+    final = list(txt2img.stream_job(tab, job, time.perf_counter()))[-1]
+    assert "Interrupted" in final[tab.info]
+    assert len(final[tab.gallery]) < 3

@@ -101,9 +101,11 @@ def per_request_overrides(settings: dict[str, Any], app: App) -> RequestOverride
         vae = vae if vae in VAE_SPECIAL_CHOICES else app.models.find_vae(vae).name
     clip_skip = settings.get("CLIP_stop_at_last_layers")
     if clip_skip is not None:
-        if isinstance(clip_skip, bool) or not isinstance(clip_skip, (int, float)) or int(clip_skip) != clip_skip \
-                or not 1 <= clip_skip <= 12:
-            raise RequestError(f"override_settings.CLIP_stop_at_last_layers must be an integer 1..12, got {clip_skip!r}")
+        is_integer = (isinstance(clip_skip, int) and not isinstance(clip_skip, bool)) or (
+            isinstance(clip_skip, float) and clip_skip.is_integer())  # False for NaN/inf (json.loads accepts them)
+        if not is_integer or not 1 <= clip_skip <= 12:
+            raise RequestError(f"override_settings.CLIP_stop_at_last_layers must be an integer 1..12, "
+                               f"got {clip_skip!r}")
         clip_skip = int(clip_skip)
     ignored = sorted(set(settings) - {"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"})
     if ignored:

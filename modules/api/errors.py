@@ -7,7 +7,6 @@ answers 500 with the message only.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -18,8 +17,6 @@ from pydantic import ValidationError
 
 from modules.jobs import JobFailed
 from modules.models.manager import NoCheckpointError
-
-log = logging.getLogger(__name__)
 
 
 def error_response(status: int, error: str, detail: Any, errors: Any = "",
@@ -70,8 +67,8 @@ async def _job_failed(_: Request, error: JobFailed) -> JSONResponse:
     return error_response(500, "JobFailed", str(error))
 
 
-async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-    log.exception("unhandled error in %s %s", request.method, request.url.path)
+async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+    # Starlette re-raises after this response, so uvicorn logs the traceback once.
     return error_response(500, type(error).__name__, "internal error; see the server log", str(error))
 
 

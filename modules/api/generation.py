@@ -26,14 +26,12 @@ from modules.api.settings_routes import apply_options
 from modules.engine.images import decode_image_base64, encode_image_base64, read_image_info
 from modules.engine.infotext import parse_infotext
 from modules.engine.result import GenerationResult
-from modules.jobs import Job, JobFailed
+from modules.jobs import Job
 
 if TYPE_CHECKING:
     from modules.app import App
 
 JOB_POLL_SECONDS = 0.02
-# JobQueue.interrupt() fails queued jobs with this reason; for the caller that is an empty result, not an error.
-INTERRUPTED_BEFORE_START = "interrupted before it started"
 
 
 async def wait_for(job: Job) -> Any:
@@ -62,7 +60,7 @@ def encode_result(app: App, body: Txt2ImgRequest, result: GenerationResult | Non
 
 def progress_of(job: Job | None, *, skip_current_image: bool) -> ProgressResponse:
     if job is None or job.action is not None or job.done:  # idle (a model switch is not a generation job)
-        return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState(), current_image=None, textinfo=None)
+        return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState())
     snapshot = job.snapshot()
     started = time.strftime("%Y%m%d%H%M%S", time.localtime(job.started or job.created))
     state = ProgressState(skipped=snapshot.skipped, interrupted=snapshot.interrupted, job=job.id,
@@ -90,12 +88,7 @@ def add_generation_routes(router: APIRouter, app: App) -> None:
             await run_in_threadpool(apply_options, app, body.override_settings)  # A1111 keeps them afterwards
         request = await run_in_threadpool(txt2img_request, body, app)
         job = app.submit(request, task_id=body.force_task_id)
-        try:
-            result = await wait_for(job)
-        except JobFailed:
-            if job.error != INTERRUPTED_BEFORE_START:
-                raise
-            result = None
+        result = await wait_for(job)  # None when an interrupt dropped it from the queue
         return await run_in_threadpool(encode_result, app, body, result)
 
     @router.get("/progress", response_model=ProgressResponse, summary="Progress of the running job")

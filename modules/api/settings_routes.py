@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,9 @@ def apply_options(app: App, posted: dict[str, Any]) -> None:
     if ignored:
         log.info("options: ignoring unknown keys %s", ignored)
     changes = {key: value for key, value in posted.items() if key in known and current.get(key) != value}
+    for key, value in changes.items():
+        if isinstance(value, float) and not math.isfinite(value):  # json.loads accepts NaN and Infinity
+            raise SettingsError(f"setting {key!r} must be a finite number, got {value!r}")
     restricted = sorted(key for key in changes if is_restricted_setting(key))
     if restricted:
         raise HTTPException(status_code=403, detail=f"settings {restricted} cannot be changed through the API")

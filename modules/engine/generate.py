@@ -7,9 +7,11 @@ from seeds, a fresh scheduler per pass, progress/preview/interrupt through the S
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -124,12 +126,15 @@ def hires_pass(model: EngineModel, plan: GenerationPlan, latents: torch.Tensor, 
     # A1111: prompt-editing steps past the first pass (or fractions 1.0-2.0) address the hires pass.
     schedule = model.prompt_encoder.schedule(plan.prompt, request.negative_prompt, request.steps, hires_steps=steps,
                                              clip_skip=plan.clip_skip, emphasis=plan.options.emphasis)
+    if hires.denoising_strength == 0:
+        return image if torch.is_tensor(image) else encode_images(model, image)
     pipe = model.pipeline("img2img", build_scheduler(plan.sampler, plan.schedule, model.scheduler_config, seed=seeds[0]))
-    # diffusers runs int(steps * strength) of the `steps` steps, as A1111 does without "img2img_fix_steps".
-    observer.begin_pass(job_no=pass_no, job_count=job_count, steps=max(int(steps * hires.denoising_strength), 1),
-                        label="Hires fix")
+    # A1111 runs exactly `steps` hires steps on a schedule stretched to steps / strength; diffusers then
+    # executes int(total * strength) of `total`, and ceil makes that exactly `steps`.
+    total = math.ceil(steps / hires.denoising_strength)
+    observer.begin_pass(job_no=pass_no, job_count=job_count, steps=steps, label="Hires fix")
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    return run_pipeline(pipe, model, schedule, request, observer, batch=len(seeds), steps=steps, image=image,
+    return run_pipeline(pipe, model, schedule, request, observer, batch=len(seeds), steps=total, image=image,
                         strength=hires.denoising_strength, generator=generators, output_type="latent",
                         width=width, height=height)
 
@@ -196,6 +201,15 @@ def decode_latents(model: EngineModel, latents: torch.Tensor) -> list[Image.Imag
             vae.to(model.dtype)
     pixels = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(array) for array in pixels]
+
+
+def encode_images(model: EngineModel, images: list[Image.Image]) -> torch.Tensor:
+    """Pixels → UNet-space latents (the inverse of decode_latents)."""
+    vae = model.components.vae
+    pixels = torch.stack([torch.from_numpy(np.asarray(image.convert("RGB"))) for image in images])
+    pixels = pixels.permute(0, 3, 1, 2).to(model.device, vae.dtype) / 127.5 - 1
+    with torch.inference_mode():
+        return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
 
 
 def describe(model: EngineModel, plan: GenerationPlan, images: list[Image.Image], *, interrupted: bool) -> GenerationResult:

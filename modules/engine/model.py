@@ -55,6 +55,7 @@ class EngineModel:
         self.title: str = identity.get("title", self.model_name)
         self.vae_name: str | None = None
         self.vae_hash: str | None = None
+        self.preview_decoder: Any = None  # a TAESD AutoencoderTiny when its weights are installed
 
     def set_vae_identity(self, name: str | None, short_hash: str | None) -> None:
         self.vae_name, self.vae_hash = name, short_hash
@@ -94,7 +95,10 @@ class EngineModel:
     def preview(self, latents: torch.Tensor) -> Image.Image:
         """A quick RGB picture of UNet-space latents [1, 4, h, w] for the live preview."""
         with torch.inference_mode():
-            if latents.shape[-1] * latents.shape[-2] <= FULL_DECODE_PREVIEW_MAX_LATENT:
+            if self.preview_decoder is not None:
+                decoded = self.preview_decoder.decode(latents.to(self.preview_decoder.dtype)).sample[0]
+                rgb = (decoded.float().clamp(-1, 1) + 1) / 2
+            elif latents.shape[-1] * latents.shape[-2] <= FULL_DECODE_PREVIEW_MAX_LATENT:
                 vae = self.components.vae
                 decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample[0]
                 rgb = (decoded.float().clamp(-1, 1) + 1) / 2

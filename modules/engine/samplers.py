@@ -231,6 +231,8 @@ def _scheduler_kwargs(sampler: SamplerSpec, schedule: ScheduleSpec,
                       model_scheduler_config: Mapping[str, Any]) -> dict[str, Any]:
     """Model betas/prediction < sampler flags < schedule flags."""
     kwargs = {key: model_scheduler_config[key] for key in MODEL_CONFIG_KEYS if key in model_scheduler_config}
+    # Pipelines rewrite any other value to 1 with a deprecation warning; it only matters for "leading" spacing.
+    kwargs["steps_offset"] = 1
     if not kwargs.get("rescale_betas_zero_snr"):
         kwargs.pop("rescale_betas_zero_snr", None)  # only pass it where it matters (not every class has it)
     kwargs.update(sampler.flags)

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from modules.engine.model import EngineModel
 from modules.models import loader
-from modules.models.detect import detect_family
+from modules.models.detect import detect_family, with_prediction_type
+from modules.models.previews import find_taesd_decoder, load_taesd_decoder
 from modules.models.registry import HashCache, ModelFile, UnknownModelError, find_model, scan_checkpoints, scan_vaes
 
 log = logging.getLogger(__name__)
@@ -64,22 +66,44 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     return all(x.shape == y.shape and torch.equal(x, y.to(x.device)) for x, y in ((left[k], right[k]) for k in left))
 
 
+def sidecar_prediction_type(checkpoint: Path) -> str | None:
+    """A1111's override: `<checkpoint>.yaml` beside the file; `parameterization: "v"` means v-prediction.
+
+    SD2 768-v and 512-base checkpoints cannot be told apart from their weights, so users state it this way.
+    """
+    sidecar = checkpoint.with_suffix(".yaml")
+    if not sidecar.is_file():
+        return None
+    try:
+        config = OmegaConf.load(sidecar)
+    except Exception as error:
+        log.warning("ignoring unreadable %s: %s", sidecar, error)
+        return None
+    parameterization = OmegaConf.select(config, "model.params.parameterization", default=None) or \
+        OmegaConf.select(config, "parameterization", default=None)
+    return "v_prediction" if parameterization == "v" else "epsilon"
+
+
 class ModelManager:
     def __init__(
         self,
         *,
         checkpoint_dirs: tuple[Path, ...],
         vae_dir: Path,
+        preview_dirs: tuple[Path, ...] = (),
         hash_cache: HashCache,
         device: torch.device,
         dtype: torch.dtype,
         ram_limit: int = 2,
+        low_memory: bool = False,
     ) -> None:
         self._checkpoint_dirs = checkpoint_dirs
         self._vae_dir = vae_dir
+        self._preview_dirs = preview_dirs
         self._hashes = hash_cache
         self.device, self.dtype = device, dtype
         self.ram_limit = ram_limit  # checkpoints kept in RAM (the sd_checkpoints_limit setting)
+        self.low_memory = low_memory  # --medvram/--lowvram: sliced attention and tiled VAE decode
         self._lock = threading.RLock()
         self._ram: OrderedDict[Path, CachedCheckpoint] = OrderedDict()
         self._resident: CachedCheckpoint | None = None
@@ -87,6 +111,7 @@ class ModelManager:
         self._model: EngineModel | None = None
         self._vae_choice = "Automatic"
         self._vae_cache: dict[Path, nn.Module] = {}
+        self._previews: dict[str, nn.Module | None] = {}
         self.checkpoints: list[ModelFile] = []
         self.vaes: list[ModelFile] = []
         self.last_switch_seconds: float | None = None
@@ -156,6 +181,10 @@ class ModelManager:
             self._model = EngineModel(dataclasses.replace(self._live), self._identity(entry),
                                       native_size=cached.components.native_size)
             self._apply_vae()
+            self._model.preview_decoder = self._preview_decoder(self._model.kind)
+            if self.low_memory:
+                self._model.components.unet.set_attention_slice("auto")
+                self._model.components.vae.enable_tiling()
             self._evict_over_limit()
             self.last_switch_seconds = time.perf_counter() - started
             log.info("checkpoint %s ready in %.2f s", entry.title, self.last_switch_seconds)
@@ -196,7 +225,11 @@ class ModelManager:
             components = loader.load_diffusers_folder(entry.path, dtype=self.dtype)
         else:
             state, metadata = loader.read_checkpoint(entry.path)
-            components = loader.load_components(state, detect_family(state, metadata), self.dtype, metadata)
+            info = detect_family(state, metadata)
+            override = sidecar_prediction_type(entry.path)
+            if override is not None and override != info.prediction_type:
+                info = with_prediction_type(info, override)
+            components = loader.load_components(state, info, self.dtype, metadata)
             del state
         cached = CachedCheckpoint(entry, components, _architecture(components))
         self._ram[entry.path] = cached
@@ -213,6 +246,14 @@ class ModelManager:
         for name, module in cached.modules().items():
             if not _same_weights(previous[name], module):
                 getattr(self._live, name).load_state_dict(module.state_dict())
+
+    def _preview_decoder(self, kind: str):
+        """TAESD for live previews, loaded once per kind (SD / SDXL) and kept: it is 2.4 M parameters."""
+        key = "sdxl" if kind == "sdxl" else "sd"
+        if key not in self._previews:
+            path = find_taesd_decoder(self._preview_dirs, kind)
+            self._previews[key] = load_taesd_decoder(path, self.device, self.dtype) if path else None
+        return self._previews[key]
 
     def _identity(self, entry: ModelFile) -> dict:
         return {"model_name": entry.display_stem, "model_hash": entry.short_hash, "title": entry.title}

@@ -16,6 +16,17 @@ if TYPE_CHECKING:
 TITLE = "Stable Diffusion"
 TXT2IMG_TAB_ID = "txt2img"
 
+# A1111's shortcut: Ctrl+Enter (⌘+Enter) in a prompt box presses Generate. Runs once in the browser on page load.
+KEYBOARD_SHORTCUTS_JS = """() => {
+  document.addEventListener('keydown', (event) => {
+    const inPrompt = event.target.closest && event.target.closest('#txt2img_prompt, #txt2img_negative_prompt');
+    if (inPrompt && event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      document.querySelector('#txt2img_generate')?.click();
+    }
+  });
+}"""
+
 
 def build_ui(app: App) -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
@@ -41,6 +52,7 @@ def build_ui(app: App) -> gr.Blocks:
             # the page may open long after start-up: show the model and settings as they are now
             return {**topbar.topbar_values(app, bar), **settings_tab.settings_values(app, settings.fields)}
 
+        blocks.load(None, js=KEYBOARD_SHORTCUTS_JS)
         blocks.load(on_page_load, outputs=[bar.checkpoint, bar.vae, bar.clip_skip, bar.status,
                                            *settings.fields.outputs], show_progress="hidden")
     return blocks

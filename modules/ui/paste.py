@@ -29,6 +29,13 @@ def looks_like_infotext(text: str) -> bool:
     return any(line.strip().startswith("Steps:") for line in text.splitlines())
 
 
+def infotext_to_paste(prompt: str, last_infotext: str) -> str:
+    """What ↙️ reads: an empty prompt means the last generation's parameters (A1111 reads params.txt)."""
+    if not prompt.strip():
+        return last_infotext
+    return prompt if looks_like_infotext(prompt) else ""
+
+
 def _sampler_values(fields: Mapping[str, Any], warnings: list[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "sampler_name" in fields:

@@ -55,9 +55,9 @@ def progress_html(snapshot: ProgressSnapshot) -> str:
     else:
         percent = int(snapshot.fraction * 100)
         eta = f" ETA: {format_eta(snapshot.eta_seconds)}" if snapshot.fraction > 0 else ""
-        steps = f" — step {snapshot.step}/{snapshot.steps}" if snapshot.steps else ""
-        batch = f", batch {snapshot.job_no + 1}/{snapshot.job_count}" if snapshot.job_count > 1 else ""
-        label = f"{percent}%{eta}{steps}{batch} {html.escape(snapshot.textinfo)}"
+        steps = f": step {snapshot.step}/{snapshot.steps}" if snapshot.steps else ""
+        passes = f" ({snapshot.job_no + 1}/{snapshot.job_count})" if snapshot.job_count > 1 else ""
+        label = f"{percent}%{eta} — {html.escape(snapshot.textinfo)}{steps}{passes}"
     return (
         '<div class="sd-progress" style="border:1px solid #888;border-radius:4px;position:relative;height:1.6em">'
         f'<div style="background:#f97316;height:100%;width:{percent}%;border-radius:3px"></div>'

@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 A1111_LABELS: dict[str, str] = {
     "sd_checkpoints_limit": "Maximum number of checkpoints loaded at the same time",
-    "emphasis": "Emphasis mode (Original, No norm, Ignore, None)",
+    "emphasis": "Emphasis mode",
     "samples_save": "Always save all generated images",
-    "samples_format": "File format for images (png, jpg, webp)",
+    "samples_format": "File format for images",
     "grid_save": "Always save all generated image grids",
     "grid_only_if_multiple": "Do not save grids consisting of one picture",
     "return_grid": "Show grid in gallery",
@@ -35,6 +35,12 @@ A1111_LABELS: dict[str, str] = {
     "send_size": "Send size when sending prompt or image to another interface",
     "outdir_txt2img_samples": "Output directory for txt2img images (empty = outputs/txt2img-images)",
     "outdir_txt2img_grids": "Output directory for txt2img grids (empty = outputs/txt2img-grids)",
+}
+
+# Settings that take one of a few values (a field may also declare `metadata["choices"]`).
+A1111_CHOICES: dict[str, tuple[str, ...]] = {
+    "emphasis": ("Original", "No norm", "Ignore", "None"),
+    "samples_format": ("png", "jpg", "webp"),
 }
 
 
@@ -49,6 +55,9 @@ def setting_label(field: dataclasses.Field) -> str:
 def setting_component(field: dataclasses.Field, value: Any) -> gr.components.Component:
     """The input for one setting, chosen by the type of its default value."""
     label, elem_id = setting_label(field), f"setting_{field.name}"
+    choices = field.metadata.get("choices") or A1111_CHOICES.get(field.name)
+    if choices:
+        return gr.Dropdown(list(choices), value=value, label=label, elem_id=elem_id, allow_custom_value=True)
     if isinstance(value, bool):
         return gr.Checkbox(value, label=label, elem_id=elem_id)
     if isinstance(value, int):

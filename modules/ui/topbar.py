@@ -104,12 +104,12 @@ def wire_topbar(app: App, bar: TopBar) -> None:
         return {**topbar_values(app, bar), bar.status: message}
 
     def on_setting(key: str, label: str):
-        def apply(value: Any) -> str:
+        def apply(value: Any) -> Any:
             try:
                 app.update_settings({key: value})
             except APP_ERRORS as error:
                 return _failed(f"Could not set {label}", error)
-            return status_message(app)
+            return gr.skip()  # keep the status line (it may say how long a checkpoint switch took)
         return apply
 
     bar.checkpoint.change(on_checkpoint, inputs=bar.checkpoint, outputs=[bar.checkpoint, bar.status],

@@ -5,21 +5,22 @@ Handlers turn form values into a GenerationRequest (txt2img_form), submit it, an
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from modules.engine.generate import HIRES_UPSCALERS
-from modules.engine.request import MAX_SIZE, MAX_STEPS, MIN_SIZE
+from modules.engine.request import MAX_BATCH_SIZE, MAX_SIZE, MAX_STEPS, MIN_SIZE
 from modules.engine.samplers import SAMPLERS, SCHEDULES
-from modules.jobs import JobFailed
+from modules.jobs import Job, JobFailed
 from modules.ui import results
 from modules.ui.forms import NamedComponents
-from modules.ui.paste import looks_like_infotext
+from modules.ui.paste import infotext_to_paste
 from modules.ui.topbar import APP_ERRORS, TopBar
-from modules.ui.txt2img_form import (BATCH_SIZE_MAX, default_form_values, native_size, pasted_for_txt2img,
-                                     submit_txt2img, token_counter_text)
+from modules.ui.txt2img_form import (default_form_values, native_size, pasted_for_txt2img, submit_txt2img,
+                                     token_counter_text)
 
 if TYPE_CHECKING:
     from modules.app import App
@@ -91,8 +92,9 @@ def build_txt2img(app: App) -> Txt2ImgTab:
         with gr.Column(scale=1, min_width=160):
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate", size="lg")
             with gr.Row():
-                interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img_interrupt", min_width=60)
-                skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
+                interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img_interrupt", size="md",
+                                      min_width=90)
+                skip = gr.Button("Skip", elem_id="txt2img_skip", size="md", min_width=60)
             paste = gr.Button("↙️", elem_id="txt2img_paste", min_width=40)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
@@ -114,7 +116,7 @@ def build_txt2img(app: App) -> Txt2ImgTab:
                 with gr.Column(scale=2):
                     fields.add("n_iter", gr.Slider(1, 100, value=defaults["n_iter"], step=1, label="Batch count",
                                                    elem_id="txt2img_batch_count"))
-                    fields.add("batch_size", gr.Slider(1, BATCH_SIZE_MAX, value=defaults["batch_size"], step=1,
+                    fields.add("batch_size", gr.Slider(1, MAX_BATCH_SIZE, value=defaults["batch_size"], step=1,
                                                        label="Batch size", elem_id="txt2img_batch_size"))
             fields.add("cfg_scale", gr.Slider(1, 30, value=defaults["cfg_scale"], step=0.5, label="CFG Scale",
                                               elem_id="txt2img_cfg_scale"))
@@ -137,7 +139,8 @@ def build_txt2img(app: App) -> Txt2ImgTab:
                                                            label="Resize seed from height", scale=3))
         with gr.Column(scale=1):
             progress = gr.HTML("", elem_id="txt2img_progress")
-            preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id="txt2img_preview")
+            preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id="txt2img_preview",
+                               height=384)
             gallery = gr.Gallery(label="Output", format="png", columns=4, object_fit="contain", height=512,
                                  elem_id="txt2img_gallery", interactive=False)
             info = gr.HTML("", elem_id="html_info_txt2img")
@@ -148,14 +151,16 @@ def build_txt2img(app: App) -> Txt2ImgTab:
 
 def _hires_section(fields: NamedComponents, defaults: dict[str, Any]) -> gr.Accordion:
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr") as accordion:
-        fields.add("enable_hr", gr.Checkbox(defaults["enable_hr"], label="Enable Hires. fix", elem_id="txt2img_enable_hr"))
+        fields.add("enable_hr", gr.Checkbox(defaults["enable_hr"], label="Enable Hires. fix",
+                                            elem_id="txt2img_enable_hr"))
         with gr.Row():
             fields.add("hr_upscaler", gr.Dropdown(list(HIRES_UPSCALERS), value=defaults["hr_upscaler"],
                                                   label="Upscaler", elem_id="txt2img_hr_upscaler"))
             fields.add("hr_second_pass_steps", gr.Slider(0, MAX_STEPS, value=defaults["hr_second_pass_steps"],
                                                          step=1, label="Hires steps", elem_id="txt2img_hires_steps"))
             fields.add("denoising_strength", gr.Slider(0, 1, value=defaults["denoising_strength"], step=0.01,
-                                                       label="Denoising strength", elem_id="txt2img_denoising_strength"))
+                                                       label="Denoising strength",
+                                                       elem_id="txt2img_denoising_strength"))
         with gr.Row():
             fields.add("hr_scale", gr.Slider(1, 4, value=defaults["hr_scale"], step=0.05, label="Upscale by",
                                              elem_id="txt2img_hr_scale"))
@@ -169,7 +174,7 @@ def _hires_section(fields: NamedComponents, defaults: dict[str, Any]) -> gr.Acco
 # ------------------------------------------------------------------------------------------------ events
 
 
-def _stream_job(tab: Txt2ImgTab, job: Any, started: float):
+def stream_job(tab: Txt2ImgTab, job: Job, started: float) -> Iterator[dict[Any, Any]]:
     """Progress + live preview every ~0.3 s while the job runs, then the gallery (or a visible error)."""
     shown_preview = -1
     for snapshot in results.poll_job(job):
@@ -196,17 +201,17 @@ def _stream_job(tab: Txt2ImgTab, job: Any, started: float):
 def wire_txt2img(app: App, tab: Txt2ImgTab, bar: TopBar) -> None:
     fields = tab.fields
 
-    def generate(data: dict[Any, Any]):
+    def generate(data: dict[Any, Any]) -> Iterator[dict[Any, Any]]:
         started = time.perf_counter()
         try:
             job = submit_txt2img(app, fields.values(data))
         except APP_ERRORS as error:
             yield {tab.info: results.error_html(str(error))}
             raise gr.Error(str(error)) from None
-        yield from _stream_job(tab, job, started)
+        yield from stream_job(tab, job, started)
 
     def paste(prompt: str, last_infotext: str) -> dict[Any, Any]:
-        text = prompt if looks_like_infotext(prompt or "") else (last_infotext if not (prompt or "").strip() else "")
+        text = infotext_to_paste(prompt or "", last_infotext or "")
         if not text:
             gr.Warning("Nothing to paste: type or paste an infotext (with a 'Steps: ...' line) into the prompt")
             return {}

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from modules.engine.generate import HIRES_UPSCALERS
 from modules.engine.prompts import count_tokens
-from modules.engine.request import MAX_BATCH_SIZE, GenerationRequest, HiresOptions, RequestError
+from modules.engine.request import GenerationRequest, HiresOptions, RequestError
 from modules.jobs import Job
 from modules.models.manager import NoCheckpointError
 from modules.ui.paste import PastedInfotext, paste_infotext
@@ -31,8 +31,6 @@ FIELD_LABELS: dict[str, str] = {
     "denoising_strength": "Denoising strength", "hr_scale": "Upscale by", "hr_resize_x": "Resize width to",
     "hr_resize_y": "Resize height to",
 }
-
-BATCH_SIZE_MAX = MAX_BATCH_SIZE
 
 
 def default_form_values(native_size: int = FALLBACK_SIZE) -> dict[str, Any]:
@@ -123,7 +121,7 @@ def token_counter_text(app: App, prompt: str, steps: float) -> str:
 
 def submit_txt2img(app: App, values: dict[str, Any]) -> Job:
     """The Generate button: form values → request → job queue."""
-    app.models.model  # raises NoCheckpointError with instructions before anything is queued
+    app.models.model  # noqa: B018 -- the property raises NoCheckpointError (with instructions) before queueing
     return app.submit(request_from_form(values))
 
 
