@@ -3,8 +3,10 @@
     python benchmarks/shapes_adherence.py [--ckpt models/Stable-diffusion/shapes-v1.safetensors]
                                           [--grid docs/shapes-samples.png]
 
-Loads the checkpoint through the app's loader (read_checkpoint → detect_family → load_components), generates
-one image per prompt (DPM++ 2M Karras, 20 steps, CFG 7, seed = prompt index, native size), reads each image
+Loads the checkpoint through the app's loader (read_checkpoint → detect_family → load_components) and generates
+through the app's engine (`modules.engine.generate` with a default `GenerationRequest`: DPM++ 2M, schedule
+Automatic = Karras, 20 steps, CFG 7, empty negative prompt) one image per prompt at the model's native size,
+seed = prompt index. It reads each image
 with `modules.shapes.scorer` and prints a Markdown table. Also checks that the same request gives the same
 image and that different seeds give different compositions.
 """
@@ -24,11 +26,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from modules.engine.generate import generate as engine_generate  # noqa: E402
+from modules.engine.model import EngineModel  # noqa: E402
+from modules.engine.request import GenerationRequest  # noqa: E402
 from modules.models.detect import detect_family  # noqa: E402
 from modules.models.loader import load_components, read_checkpoint  # noqa: E402
 from modules.shapes.captions import eval_prompts  # noqa: E402
 from modules.shapes.scorer import read_image  # noqa: E402
-from modules.training.evaluate import adherence, build_pipeline, generate  # noqa: E402
+from modules.training.evaluate import adherence  # noqa: E402
 
 DEFAULT_CHECKPOINT = Path("models/Stable-diffusion/shapes-v1.safetensors")
 # Prompts without size or position: the seed alone decides where the shape goes and how big it is.
@@ -36,21 +41,29 @@ OPEN_PROMPTS = ("a red circle on a blue background", "a white square on a black 
                 "a yellow triangle on a purple background", "a green circle on an orange background")
 
 
-def load_pipeline(checkpoint: Path):
+def load_engine_model(checkpoint: Path) -> EngineModel:
+    """The checkpoint as the app loads it (same loader, same engine model)."""
     state_dict, metadata = read_checkpoint(checkpoint)
-    info = detect_family(state_dict, metadata)
-    components = load_components(state_dict, info, metadata=metadata)
-    pipe = build_pipeline(components.unet, components.vae, components.text_encoder, components.tokenizer,
-                          components.scheduler_config)
-    return pipe, components.native_size, info.family
+    components = load_components(state_dict, detect_family(state_dict, metadata), metadata=metadata)
+    return EngineModel(components, {"model_name": checkpoint.stem}, native_size=components.native_size)
 
 
-def seed_diversity(pipe, size: int, seeds: int = 8) -> tuple[float, float]:
+def generate(model: EngineModel, prompts: list[str], seeds: list[int], size: int) -> list[Image.Image]:
+    """One default-settings request per (prompt, seed), as the UI's Generate button sends it."""
+    images = []
+    for prompt, seed in zip(prompts, seeds):
+        request = GenerationRequest(prompt=prompt, seed=seed, width=size, height=size, save_images=False,
+                                    save_grid=False)
+        images.extend(engine_generate(model, request).images)
+    return images
+
+
+def seed_diversity(model: EngineModel, size: int, seeds: int = 8) -> tuple[float, float]:
     """Mean number of distinct (position, size) readings per open prompt over `seeds` seeds, and mean pixel
     difference (0–255) between images of the same prompt."""
     distinct, differences = [], []
     for prompt in OPEN_PROMPTS:
-        images = generate(pipe, [prompt] * seeds, list(range(100, 100 + seeds)), size)
+        images = generate(model, [prompt] * seeds, list(range(100, 100 + seeds)), size)
         readings = {(r.position, r.size) for r in map(read_image, images)}
         distinct.append(len(readings))
         arrays = [np.asarray(image, dtype=np.float32) for image in images]
@@ -80,16 +93,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid", type=Path, default=None, help="save a picture grid of the samples here")
     parser.add_argument("--count", type=int, default=64)
     args = parser.parse_args(argv)
-    pipe, size, family = load_pipeline(args.ckpt)
+    model = load_engine_model(args.ckpt)
+    size, family = model.native_size, model.family
     prompts = [item.prompt for item in eval_prompts(args.count)]
     seeds = list(range(len(prompts)))
     started = time.time()
-    images = generate(pipe, prompts, seeds, size)
+    images = generate(model, prompts, seeds, size)
     elapsed = time.time() - started
     report = adherence(images, prompts)
-    repeat = generate(pipe, prompts[:4], seeds[:4], size)
+    repeat = generate(model, prompts[:4], seeds[:4], size)
     same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images[:4], repeat))
-    distinct, difference = seed_diversity(pipe, size)
+    distinct, difference = seed_diversity(model, size)
     print(f"checkpoint {args.ckpt} ({family}, {size}×{size}); {report.count} held-out prompts; "
           f"DPM++ 2M Karras, 20 steps, CFG 7; {elapsed:.1f} s ({elapsed / report.count:.2f} s/image)\n")
     print("| attribute | adherence |\n|---|---|")

@@ -178,3 +178,10 @@ def test_hires_with_zero_denoising_only_upscales(app):
     for upscaler in ("Latent", "Lanczos"):
         result = run(app, hires=HiresOptions(scale=2, upscaler=upscaler, denoising_strength=0.0))
         assert result.images[0].size == (128, 128)
+
+
+def test_schedule_type_is_written_as_a1111_does(app):
+    assert "Schedule type: Automatic," in run(app, sampler_name="Euler a").infotexts[0]
+    assert "Schedule type: Uniform," in run(app, sampler_name="Euler a", scheduler="Uniform").infotexts[0]
+    assert "Schedule type: Karras," in run(app, sampler_name="DPM++ 2M").infotexts[0]
+    assert "Schedule type" not in run(app, sampler_name="DDIM").infotexts[0]

@@ -231,7 +231,7 @@ def infotext_params(model: EngineModel, plan: GenerationPlan, index: int) -> dic
     variation = request.subseed_strength > 0
     params: dict[str, Any] = {
         "Steps": request.steps, "Sampler": plan.sampler.name,
-        "Schedule type": infotext_schedule_label(plan.sampler, plan.schedule),
+        "Schedule type": schedule_label(plan),
         "CFG scale": request.cfg_scale, "Seed": plan.seeds[index], "Size": f"{request.width}x{request.height}",
         "Model hash": model.model_hash, "Model": model.model_name,
         "VAE hash": model.vae_hash, "VAE": model.vae_name,
@@ -256,6 +256,14 @@ def infotext_params(model: EngineModel, plan: GenerationPlan, index: int) -> dic
     params.update(request.extra_params)
     params["Version"] = plan.options.version
     return params
+
+
+def schedule_label(plan: GenerationPlan) -> str | None:
+    """A1111 writes "Automatic" when the user left it so and the sampler has no schedule of its own."""
+    automatic = plan.request.scheduler in (None, "", "Automatic", "automatic")
+    if automatic and plan.sampler.k_diffusion and plan.sampler.default_schedule == "uniform":
+        return "Automatic"
+    return infotext_schedule_label(plan.sampler, plan.schedule)
 
 
 def a1111_info(model: EngineModel, plan: GenerationPlan, result: GenerationResult) -> dict[str, Any]:

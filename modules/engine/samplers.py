@@ -231,8 +231,6 @@ def _scheduler_kwargs(sampler: SamplerSpec, schedule: ScheduleSpec,
                       model_scheduler_config: Mapping[str, Any]) -> dict[str, Any]:
     """Model betas/prediction < sampler flags < schedule flags."""
     kwargs = {key: model_scheduler_config[key] for key in MODEL_CONFIG_KEYS if key in model_scheduler_config}
-    # Pipelines rewrite any other value to 1 with a deprecation warning; it only matters for "leading" spacing.
-    kwargs["steps_offset"] = 1
     if not kwargs.get("rescale_betas_zero_snr"):
         kwargs.pop("rescale_betas_zero_snr", None)  # only pass it where it matters (not every class has it)
     kwargs.update(sampler.flags)
@@ -255,6 +253,9 @@ def build_scheduler(sampler: SamplerSpec, schedule: ScheduleSpec, model_schedule
     accepted = set(inspect.signature(scheduler_class.__init__).parameters)
     if "noise_sampler_seed" in accepted:
         kwargs["noise_sampler_seed"] = seed
+    if "steps_offset" in accepted:
+        # Pipelines rewrite any other value to 1 with a deprecation warning; it only matters for "leading".
+        kwargs.setdefault("steps_offset", 1)
     ignored = sorted(set(kwargs) - accepted)
     if ignored:
         # diffusers would drop these silently (e.g. zero-SNR on a class without it) → a wrong result

@@ -189,6 +189,9 @@ def stream_job(tab: Txt2ImgTab, job: Job, started: float) -> Iterator[dict[Any, 
     except JobFailed as error:
         yield {**done, tab.info: results.error_html(str(error))}
         raise gr.Error(str(error)) from None
+    if result is None:  # an interrupt dropped it from the queue before it started
+        yield {**done, tab.info: results.error_html("Interrupted before it started.")}
+        return
     images, info = results.gallery_from_result(result)
     notes = [*result.warnings, *(["Interrupted: showing the images finished so far."] if result.interrupted else [])]
     for note in result.warnings:
