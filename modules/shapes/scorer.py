@@ -20,9 +20,9 @@ DIFFERENCE_THRESHOLD = 45.0  # and at least this RGB distance from the backgroun
 MIN_SHAPE_FRACTION = 0.004  # smaller regions are noise, not a shape
 # Fill ratio boundaries between triangle (0.5), circle (0.785) and square (1.0).
 TRIANGLE_BELOW, SQUARE_ABOVE = 0.64, 0.9
-# Area = k·r² (circle and square πr², triangle 1.3·(1.2r)² ≈ 1.87r²); r between small (≤ 0.12) and large (≥ 0.17).
+# Area = k·r² (circle and square πr², triangle 1.3·(1.2r)² ≈ 1.87r²); r between small (≤ 0.14) and large (≥ 0.20).
 AREA_PER_SQUARED_RADIUS = {"circle": np.pi, "square": np.pi, "triangle": 1.87}
-LARGE_RADIUS = 0.145
+LARGE_RADIUS = 0.17
 
 
 @dataclass(frozen=True)

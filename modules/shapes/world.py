@@ -34,9 +34,10 @@ POSITIONS: tuple[str, ...] = (
 
 # Radius ranges (fraction of the side) and cell centres per size; large shapes sit nearer the middle so that
 # no shape is clipped and every centroid stays inside its third of the image.
-RADIUS_RANGE = {"small": (0.09, 0.12), "large": (0.17, 0.20)}
-CELL_CENTRES = {"small": (0.2, 0.5, 0.8), "large": (0.26, 0.5, 0.74)}
-JITTER = {"small": 0.025, "large": 0.02}
+# Shapes span at least two latent cells (8 px) at 64 px, so the VAE and the denoiser can tell them apart.
+RADIUS_RANGE = {"small": (0.12, 0.14), "large": (0.20, 0.23)}
+CELL_CENTRES = {"small": (0.2, 0.5, 0.8), "large": (0.3, 0.5, 0.7)}
+JITTER = {"small": 0.02, "large": 0.015}
 TRIANGLE_CIRCUMRADIUS = 1.2  # × radius: keeps a triangle's area close to the circle's
 SQUARE_HALF_SIDE = 0.886  # × radius: a square of the same area as the circle (s² = πr²)
 TWO_SHAPE_FRACTION = 0.2

@@ -25,6 +25,7 @@ CLIP_LENGTH = 77
 class ShapesDataset:
     scenes: list[ShapeScene]
     images: Tensor  # uint8 [N, 3, size, size]
+    captions: list[list[str]]  # [N][captions_per_scene]
     token_ids: Tensor  # int64 [N, captions_per_scene, 77]
     empty_ids: Tensor  # int64 [77]: the empty prompt ("" → BOS, EOS, pad…)
 
@@ -49,6 +50,7 @@ def build_dataset(count: int, size: int, seed: int, tokenizer: CLIPTokenizer,
     return ShapesDataset(
         scenes=scenes,
         images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        captions=[texts[i:i + captions_per_scene] for i in range(0, len(texts), captions_per_scene)],
         token_ids=token_ids,
         empty_ids=tokenize(tokenizer, [""])[0],
     )

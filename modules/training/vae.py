@@ -19,6 +19,7 @@ from torch import Tensor
 from modules.training.dataset import to_model_range
 
 SD_SCALING_FACTOR = 0.18215
+INITIAL_LOG_VARIANCE = -8.0  # σ ≈ 0.02 at the start: the decoder sees clean latents from the first step
 
 
 def build_vae(family_config: dict[str, Any], channels: tuple[int, ...], layers_per_block: int,
@@ -33,6 +34,14 @@ def build_vae(family_config: dict[str, Any], channels: tuple[int, ...], layers_p
     return AutoencoderKL.from_config(config)
 
 
+@torch.no_grad()
+def start_with_narrow_posterior(vae: AutoencoderKL) -> None:
+    """Bias quant_conv's log σ² outputs low. A fresh encoder's σ ≈ 1 would drown its small means in noise
+    and the decoder would learn nothing until the encoder had grown them; the KL term widens σ where allowed."""
+    channels = vae.config.latent_channels
+    vae.quant_conv.bias[channels:] = INITIAL_LOG_VARIANCE
+
+
 def random_crops(images: Tensor, indices: Tensor, crop: int, generator: torch.Generator) -> Tensor:
     """One random `crop`×`crop` window (aligned to 8 px, like the latent grid) per chosen image."""
     size = images.shape[-1]
@@ -41,8 +50,19 @@ def random_crops(images: Tensor, indices: Tensor, crop: int, generator: torch.Ge
     return torch.stack([images[i, :, y:y + crop, x:x + crop] for i, (y, x) in zip(indices.tolist(), offsets.tolist())])
 
 
-def vae_loss(vae: AutoencoderKL, batch: Tensor, generator: torch.Generator, kl_weight: float) -> Tensor:
-    """|x − x̂| + (x − x̂)² + β·KL(q(z|x) ‖ N(0, 1)), all as means per element."""
+SHAPE_PIXEL_WEIGHT = 4.0  # shapes cover ~5–15 % of an image; weighting them keeps the VAE from ignoring them
+
+
+def pixel_weights(batch: Tensor, background: Tensor) -> Tensor:
+    """1 on background pixels, SHAPE_PIXEL_WEIGHT elsewhere; `background` [B, 3, 1, 1] = each full image's
+    corner colour (shapes never reach the corners)."""
+    differs = (batch - background).abs().sum(dim=1, keepdim=True) > 0.1
+    return 1.0 + (SHAPE_PIXEL_WEIGHT - 1.0) * differs.float()
+
+
+def vae_loss(vae: AutoencoderKL, batch: Tensor, background: Tensor, generator: torch.Generator,
+             kl_weight: float) -> Tensor:
+    """w·(|x − x̂| + (x − x̂)²) + β·KL(q(z|x) ‖ N(0, 1)), means per element; w weights shape pixels up."""
     posterior = vae.encode(batch).latent_dist
     # z = μ + σ·ε with ε drawn on the CPU generator
     epsilon = torch.randn(posterior.mean.shape, generator=generator).to(batch.device)
@@ -50,7 +70,8 @@ def vae_loss(vae: AutoencoderKL, batch: Tensor, generator: torch.Generator, kl_w
     error = reconstruction - batch
     # KL of a diagonal Gaussian: ½ (μ² + σ² − 1 − log σ²)
     kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
-    return error.abs().mean() + error.pow(2).mean() + kl_weight * kl
+    weights = pixel_weights(batch, background)
+    return (weights * (error.abs() + error.pow(2))).mean() + kl_weight * kl
 
 
 def train_vae(vae: AutoencoderKL, images: Tensor, *, steps: int, batch_size: int, crop: int, learning_rate: float,
@@ -62,11 +83,13 @@ def train_vae(vae: AutoencoderKL, images: Tensor, *, steps: int, batch_size: int
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
     schedule = warmup_cosine(steps, warmup=min(100, steps // 10 + 1))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    start_with_narrow_posterior(vae)
     vae.train()
     for step in range(steps):
         indices = torch.randint(len(images), (batch_size,), generator=generator)
         batch = to_model_range(random_crops(images, indices, crop, generator)).to(device)
-        loss = vae_loss(vae, batch, generator, kl_weight)
+        background = to_model_range(images[indices, :, :1, :1]).to(device)
+        loss = vae_loss(vae, batch, background, generator, kl_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -101,16 +124,18 @@ def posterior_moments(vae: AutoencoderKL, images: Tensor, batch_size: int = 256)
 
 @torch.no_grad()
 def standardize_latents(vae: AutoencoderKL, latent_means: Tensor) -> tuple[Tensor, Tensor]:
-    """Fold z' = a·(z − m) into the VAE so that 0.18215·z' has per-channel mean 0 and std 1.
+    """Fold z' = a·(z − m) into the VAE so that 0.18215·z' has per-channel mean 0 and overall std 1.
 
+    One scale a for all channels (as SD's single scaling factor): a channel the VAE barely uses stays small
+    instead of having its posterior noise blown up. m is the per-channel mean.
     quant_conv yields [μ, log σ²]: μ' = a(μ − m), log σ'² = log σ² + 2 log a.
-    post_quant_conv receives z = z'/a + m: W' = W / a (per input channel), b' = b + W m.
+    post_quant_conv receives z = z'/a + m: W' = W / a, b' = b + W m.
     Returns (a, m) per channel, to map already-computed moments: μ' = a(μ − m), σ' = a·σ.
     """
     device = vae.quant_conv.weight.device
     mean = latent_means.mean(dim=(0, 2, 3)).to(device)
-    std = latent_means.std(dim=(0, 2, 3)).to(device)
-    scale = 1.0 / (std * SD_SCALING_FACTOR)
+    centred_std = (latent_means - latent_means.mean(dim=(0, 2, 3), keepdim=True)).std().to(device)
+    scale = torch.full_like(mean, 1.0 / float(centred_std * SD_SCALING_FACTOR))
     channels = len(mean)
     quant = vae.quant_conv
     quant.bias[:channels] = scale * (quant.bias[:channels] - mean)
