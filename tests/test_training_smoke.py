@@ -2,23 +2,22 @@
 import dataclasses
 
 import torch
-from diffusers import DDPMScheduler
 
 from modules.models.architecture import family_config
-from modules.models.detect import detect_family
-from modules.models.loader import load_components, read_checkpoint
+from modules.models.loader import load_components
 from modules.models.tokenizer import load_clip_tokenizer
 from modules.training.dataset import build_dataset, caption_batch
 from modules.training.denoiser import ExponentialMovingAverage
 from modules.training.evaluate import build_pipeline, generate
 from modules.training.train_default_model import Recipe, main, train
 from modules.training.vae import (
-    build_vae, posterior_moments, standardize_latents, standardized_moments, train_vae,
+    build_vae, posterior_moments, standardize_latents, standardized_moments, start_as_linear_autoencoder, train_vae,
 )
+from tests.fixtures.shapes_checkpoint import check_shapes_checkpoint
 
 TINY = dataclasses.replace(
-    Recipe(), scenes=48, vae_channels=(32, 32, 32, 32), vae_steps=2, vae_batch=4, text_hidden=32, text_layers=1,
-    text_warmup_steps=2, text_warmup_batch=8, unet_channels=(32, 64), unet_steps=3, unet_batch=4,
+    Recipe(), scenes=48, vae_channels=(32, 32, 32, 32), vae_steps=2, vae_batch=4, decoder_steps=2, text_hidden=32,
+    text_layers=1, text_warmup_steps=2, text_warmup_batch=8, unet_channels=(32, 64), unet_steps=3, unet_batch=4,
 )
 
 
@@ -38,7 +37,7 @@ def test_standardized_vae_keeps_decoding_and_gives_unit_latents():
     tokenizer = load_clip_tokenizer()
     data = build_dataset(32, 64, seed=0, tokenizer=tokenizer)
     vae = build_vae(family_config("sd15", "vae/config.json"), (32, 32, 32, 32), 1, 64)
-    train_vae(vae, data.images, steps=2, batch_size=4, crop=32, learning_rate=1e-3, kl_weight=1e-4, seed=0)
+    train_vae(vae, data.images, steps=2, batch_size=4, learning_rate=1e-3, kl_weight=1e-4, seed=0)
     means, stds = posterior_moments(vae, data.images)
     with torch.no_grad():
         before = vae.decode(means[:4]).sample
@@ -70,14 +69,8 @@ def test_training_writes_a_checkpoint_the_app_loader_reads(tmp_path, capsys):
     path = train(TINY, tmp_path / "tiny-shapes.safetensors")
     output = capsys.readouterr().out
     assert "VAE" in output and "UNet + text encoder" in output and "loss=" in output
-    assert "text encoder warm-up" in output
-    state_dict, metadata = read_checkpoint(path)
-    assert all(t.dtype == torch.float16 for t in state_dict.values() if t.is_floating_point())
-    assert metadata["modelspec.architecture"] == "stable-diffusion-v1"
-    assert metadata["modelspec.prediction_type"] == "epsilon"
-    assert metadata["sd_native_size"] == "64"
-    info = detect_family(state_dict, metadata)
-    assert info.family == "sd15" and info.prediction_type == "epsilon"
+    assert "text encoder warm-up" in output and "VAE decoder refinement" in output
+    state_dict, metadata, info = check_shapes_checkpoint(path)
     components = load_components(state_dict, info, metadata=metadata)
     assert components.native_size == 64
     assert components.text_encoder.config.vocab_size == 49408
@@ -91,7 +84,7 @@ def test_training_writes_a_checkpoint_the_app_loader_reads(tmp_path, capsys):
 def test_cli_flags_reach_the_recipe(tmp_path, monkeypatch):
     seen = {}
 
-    def fake_train(recipe, out, device):
+    def fake_train(recipe, out, device, vae_file, stop_after_vae, denoiser_file):
         seen.update(recipe=recipe, out=out, device=device)
 
     monkeypatch.setattr("modules.training.train_default_model.train", fake_train)
@@ -100,3 +93,22 @@ def test_cli_flags_reach_the_recipe(tmp_path, monkeypatch):
     recipe = seen["recipe"]
     assert (recipe.unet_steps, recipe.vae_steps, recipe.seed, recipe.scenes) == (7, 5, 3, 99)
     assert str(seen["device"]) == "cpu"
+
+
+def test_linear_start_lets_a_flat_colour_through_the_output_norm():
+    """A plain GroupNorm keeps no absolute level (twice the signal gives the same output); with the carrier
+    pattern the signal passes unchanged, so a flat colour and its brightness survive."""
+    vae = build_vae(family_config("sd15", "vae/config.json"), (96, 32, 32, 96), 1, 64)
+    start_as_linear_autoencoder(vae)
+    norm = vae.decoder.conv_norm_out
+    carrier = -norm.bias.detach().view(1, -1, 1, 1)
+    amplitude = torch.linspace(-0.3, 0.3, 32)  # the error is second order: ~ (2/3)·a²/carrier
+    signal = torch.stack([torch.zeros(32), amplitude, -amplitude], dim=1).reshape(1, 96, 1, 1).expand(1, 96, 8, 8)
+    with torch.no_grad():
+        passed, doubled = norm(carrier + signal), norm(carrier + 2 * signal)
+        plain = torch.nn.functional.group_norm(signal, 32, eps=1e-12)
+        plain_doubled = torch.nn.functional.group_norm(2 * signal, 32, eps=1e-12)
+    assert torch.allclose(passed, signal, atol=0.02) and torch.allclose(doubled, 2 * signal, atol=0.05)
+    assert torch.allclose(plain, plain_doubled, atol=1e-5)
+    # every residual branch starts at zero: the blocks are identities
+    assert all(resnet.conv2.weight.abs().max() == 0 for block in vae.decoder.up_blocks for resnet in block.resnets)

@@ -116,7 +116,8 @@ def train_denoiser(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, nois
     modules = [unet, text_encoder]
     parameters = [p for m in modules for p in m.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=options.learning_rate, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(options.steps, min(200, options.steps // 10 + 1)))
+    warmup = min(200, options.steps // 10 + 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(options.steps, warmup))
     ema = ExponentialMovingAverage(modules, options.ema_decay)
     for module in modules:
         module.train()

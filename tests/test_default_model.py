@@ -1,0 +1,79 @@
+"""The shipped default model, loaded like any user checkpoint and run with the app's default request.
+
+Default request = DPM++ 2M, schedule Automatic (Karras), 20 steps, CFG 7, empty negative prompt, at the model's
+native size. Prompts are held-out ones (never a training caption); the scorer reads each image back.
+"""
+import numpy as np
+import pytest
+from modules.engine.generate import generate
+from modules.engine.model import EngineModel
+from modules.engine.request import GenerationRequest
+from modules.models.detect import detect_family
+from modules.models.loader import load_components, read_checkpoint
+from modules.models.registry import scan_checkpoints
+from modules.paths import PROJECT_ROOT, Paths
+from modules.shapes.captions import eval_prompts
+from modules.shapes.scorer import read_image
+from modules.training.evaluate import AdherenceReport, adherence
+from tests.fixtures.shapes_checkpoint import check_shapes_checkpoint
+
+CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v1.safetensors"
+MAX_FILE_BYTES = 30 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def shapes_model() -> EngineModel:
+    state_dict, metadata = read_checkpoint(CHECKPOINT)
+    components = load_components(state_dict, detect_family(state_dict, metadata), metadata=metadata)
+    return EngineModel(components, {"model_name": CHECKPOINT.stem}, native_size=components.native_size)
+
+
+def run(model: EngineModel, prompt: str, seed: int):
+    request = GenerationRequest(prompt=prompt, seed=seed, width=model.native_size, height=model.native_size,
+                                save_images=False, save_grid=False)
+    return generate(model, request).images[0]
+
+
+@pytest.fixture(scope="module")
+def held_out_report(shapes_model) -> AdherenceReport:
+    prompts = [item.prompt for item in eval_prompts(16, seed=7)]
+    images = [run(shapes_model, prompt, seed) for seed, prompt in enumerate(prompts)]
+    assert all(image.size == (64, 64) for image in images)
+    return adherence(images, prompts)
+
+
+def test_checkpoint_is_a_small_fp16_sd1_file_with_its_native_size():
+    assert CHECKPOINT.stat().st_size <= MAX_FILE_BYTES
+    check_shapes_checkpoint(CHECKPOINT)
+
+
+def test_the_app_finds_it_in_the_default_models_folder():
+    checkpoints = scan_checkpoints(Paths.from_args(None).ckpt_dirs)
+    assert "shapes-v1.safetensors" in [entry.name for entry in checkpoints]
+
+
+def test_default_request_paints_the_prompted_colours(held_out_report):
+    """Shape colour and background colour of held-out prompts (measured 95 % and 100 % on 64 prompts)."""
+    assert held_out_report.background >= 0.9
+    assert held_out_report.colour >= 0.8
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3 target not reached yet: shapes-v1 gets colour + background + "
+                                       "shape right on ~60 % of held-out prompts (blurry corners read as circles)")
+def test_default_request_follows_held_out_prompts(held_out_report):
+    assert held_out_report.core >= 0.9
+
+
+def test_an_empty_prompt_still_draws_a_shape_on_a_plain_background(shapes_model):
+    reading = read_image(run(shapes_model, "", 3))
+    assert reading.colour is not None and reading.colour != reading.background
+
+
+def test_same_request_same_image_and_seeds_change_the_composition(shapes_model):
+    prompt = "a red circle on a blue background"
+    first, again = run(shapes_model, prompt, 5), run(shapes_model, prompt, 5)
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+    others = [np.asarray(run(shapes_model, prompt, seed), dtype=np.float32) for seed in (6, 7, 8)]
+    base = np.asarray(first, dtype=np.float32)
+    differences = [np.abs(base - other).mean() for other in others]  # 0–255 scale
+    assert sum(difference > 3.0 for difference in differences) >= 2, differences
