@@ -6,7 +6,8 @@ Stages (fixed seeds throughout): render the shapes dataset → train the VAE →
 warm up the text encoder on caption attributes → train text encoder + UNet together with EMA → refine the VAE
 decoder on the frozen encoder's latents → export the fp16 single file. Score it with
 ``python benchmarks/shapes_adherence.py``. Defaults reproduce the shipped file on a 2-core CPU in about 78
-minutes; a GPU is used when present (``--device auto``). Bit-exact equality of the weights needs the same device, thread count and library versions.
+minutes; a GPU is used when present (``--device auto``). Bit-exact equality of the weights needs the same
+device, thread count and library versions.
 """
 from __future__ import annotations
 

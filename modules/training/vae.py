@@ -3,9 +3,10 @@
 Trained on whole images (GroupNorm's statistics span the picture, so crops would teach other statistics),
 starting as a linear autoencoder (`start_as_linear_autoencoder`), with L1 + L2 + edge reconstruction terms and a
 small KL term towards N(0, 1), sampling the posterior so the decoder tolerates the small latent errors a
-diffusion model makes; `refine_decoder` later sharpens the decoder alone on the frozen encoder's latents. Afterwards `standardize_latents` folds a
-per-channel affine map into ``quant_conv``/``post_quant_conv`` so that ``scaling_factor · z`` has zero mean and
-unit variance with SD's own factor 0.18215: any SD1 loader then scales our latents correctly.
+diffusion model makes; `refine_decoder` later sharpens the decoder alone on the frozen encoder's latents.
+After training, `standardize_latents` folds a per-channel affine map into ``quant_conv``/``post_quant_conv``
+so that ``scaling_factor · z`` has zero mean and unit variance with SD's own factor 0.18215: any SD1 loader
+then scales our latents correctly.
 """
 from __future__ import annotations
 
@@ -109,10 +110,7 @@ def image_gradients(images: Tensor) -> tuple[Tensor, Tensor]:
 
 def vae_loss(vae: AutoencoderKL, batch: Tensor, background: Tensor, generator: torch.Generator,
              kl_weight: float) -> Tensor:
-    """w·(|x − x̂| + (x − x̂)²) + |∇x − ∇x̂| + β·KL(q(z|x) ‖ N(0, 1)), means per element.
-
-    w weights shape pixels up; the gradient term asks for edges and corners as sharp as the target's.
-    """
+    """`reconstruction_loss` of a posterior sample + β·KL(q(z|x) ‖ N(0, 1))."""
     posterior = vae.encode(batch).latent_dist
     # z = μ + σ·ε with ε drawn on the CPU generator
     epsilon = torch.randn(posterior.mean.shape, generator=generator).to(batch.device)
