@@ -206,6 +206,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.vae_only and args.vae_stage is None:
+        raise SystemExit("--vae-only needs --vae-stage FILE: where to keep the trained VAE")
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = dataclasses.replace(Recipe(), seed=args.seed, unet_steps=args.steps, vae_steps=args.vae_steps,

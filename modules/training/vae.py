@@ -136,29 +136,19 @@ def train_vae(vae: AutoencoderKL, images: Tensor, *, steps: int, batch_size: int
     generator, so the data order is the same on every device.
 
     Whole images, never crops: GroupNorm's statistics are taken over the whole picture, so a VAE trained on
-    crops sees other statistics than at use and gets colours wrong. Channels-last is ~20 % faster on CPUs.
+    crops sees other statistics than at use and gets colours wrong.
     """
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
-    schedule = warmup_cosine(steps, warmup=min(100, steps // 10 + 1))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     start_as_linear_autoencoder(vae)
     start_with_narrow_posterior(vae)
-    vae.to(memory_format=torch.channels_last)
-    vae.train()
-    for step in range(steps):
+
+    def step_loss() -> Tensor:
         indices = torch.randint(len(images), (batch_size,), generator=generator)
-        batch = to_model_range(images[indices]).to(device).contiguous(memory_format=torch.channels_last)
-        background = to_model_range(images[indices, :, :1, :1]).to(device)
-        loss = vae_loss(vae, batch, background, generator, kl_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        if on_step is not None:
-            on_step(step, loss.item())
-    vae.eval()
+        batch, background = _image_batch(images, indices, device)
+        return vae_loss(vae, batch, background, generator, kl_weight)
+
+    _optimise(vae, list(vae.parameters()), step_loss, steps=steps, learning_rate=learning_rate,
+              warmup=min(100, steps // 10 + 1), on_step=on_step)
 
 
 def refine_decoder(vae: AutoencoderKL, images: Tensor, latents: tuple[Tensor, Tensor], *, steps: int,
@@ -171,21 +161,37 @@ def refine_decoder(vae: AutoencoderKL, images: Tensor, latents: tuple[Tensor, Te
     of `train_vae`. `latents`: per-image posterior means and stds as `decode` takes them (unscaled).
     """
     generator = torch.Generator().manual_seed(seed)
-    decoder_parameters = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
-    optimizer = torch.optim.AdamW(decoder_parameters, lr=learning_rate, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup=min(50, steps // 10 + 1)))
     means, stds = latents
+
+    def step_loss() -> Tensor:
+        indices = torch.randint(len(images), (batch_size,), generator=generator)
+        z = means[indices] + stds[indices] * torch.randn(means[indices].shape, generator=generator)
+        batch, background = _image_batch(images, indices, device)
+        return reconstruction_loss(vae.decode(z.to(device)).sample, batch, background)
+
+    _optimise(vae, [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()], step_loss, steps=steps,
+              learning_rate=learning_rate, warmup=min(50, steps // 10 + 1), on_step=on_step)
+
+
+def _image_batch(images: Tensor, indices: Tensor, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """The chosen images in the VAE's range (channels-last) and each one's corner (= background) colour."""
+    batch = to_model_range(images[indices]).to(device).contiguous(memory_format=torch.channels_last)
+    return batch, to_model_range(images[indices, :, :1, :1]).to(device)
+
+
+def _optimise(vae: AutoencoderKL, parameters: list[torch.nn.Parameter], step_loss: Callable[[], Tensor], *,
+              steps: int, learning_rate: float, warmup: int, on_step: Callable[[int, float], None] | None) -> None:
+    """AdamW on `parameters`, linear warm-up then cosine decay, gradients clipped to norm 1; the VAE in
+    channels-last (~20 % faster on CPUs) and train mode while it runs."""
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup))
     vae.to(memory_format=torch.channels_last)
     vae.train()
     for step in range(steps):
-        indices = torch.randint(len(images), (batch_size,), generator=generator)
-        z = means[indices] + stds[indices] * torch.randn(means[indices].shape, generator=generator)
-        batch = to_model_range(images[indices]).to(device).contiguous(memory_format=torch.channels_last)
-        background = to_model_range(images[indices, :, :1, :1]).to(device)
-        loss = reconstruction_loss(vae.decode(z.to(device)).sample, batch, background)
+        loss = step_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(decoder_parameters, 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         scheduler.step()
         if on_step is not None:
