@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image
+
 MAX_BATCH_SIZE = 8
 MAX_STEPS = 150
 MIN_SIZE, MAX_SIZE = 64, 2048
@@ -32,6 +34,39 @@ class HiresOptions:
         return int(width * self.scale) // 8 * 8, int(height * self.scale) // 8 * 8
 
 
+# A1111's resize_mode ids (API ints) and labels (UI radio), in order.
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+# A1111's inpainting_fill ids and labels: what the masked area starts from.
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+INPAINT_AREAS = ("Whole picture", "Only masked")  # A1111's inpaint_full_res False / True
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")  # inpainting_mask_invert 0 / 1
+
+
+@dataclass
+class InpaintOptions:
+    """What to repaint and how. The mask is white (or any non-black value) where the image is repainted."""
+
+    mask: Image.Image
+    mask_blur_x: int = 4  # Gaussian blur of the mask edge, in pixels (A1111 "Mask blur"; the API may set x, y apart)
+    mask_blur_y: int = 4
+    invert: bool = False  # "Inpaint not masked": repaint what the mask leaves black
+    masked_content: str = "original"  # one of MASKED_CONTENT
+    full_res: bool = False  # "Only masked": repaint a crop around the mask at the full request size
+    full_res_padding: int = 32  # pixels of context around the mask's box for "Only masked"
+
+
+@dataclass
+class Img2ImgOptions:
+    """Image input of img2img, sketch (strokes already composited into the image) and inpaint jobs."""
+
+    init_images: list[Image.Image]  # used cyclically across the batch, as A1111 does
+    denoising_strength: float = 0.75
+    resize_mode: int = 0  # index into RESIZE_MODES; the target size is the request's width × height
+    inpaint: InpaintOptions | None = None
+    initial_noise_multiplier: float = 1.0  # A1111 "Noise multiplier for img2img"
+    source_label: str = "img2img"  # UI mode it came from ("img2img", "sketch", "inpaint", "outpaint", ...)
+
+
 @dataclass
 class GenerationRequest:
     """Everything one generation job needs. Defaults match the A1111 UI."""
@@ -56,6 +91,7 @@ class GenerationRequest:
     checkpoint: str | None = None  # None = the loaded checkpoint; else any checkpoint id
     vae: str | None = None  # None = the sd_vae setting
     hires: HiresOptions | None = None
+    img2img: Img2ImgOptions | None = None  # set ⇒ an img2img / inpaint job (mode "img2img")
     save_images: bool = True
     save_grid: bool = True
     mode: str = "txt2img"
@@ -88,6 +124,34 @@ class GenerationRequest:
             raise RequestError(f"clip_skip must be between 1 and 12, got {self.clip_skip}")
         if self.hires is not None:
             self._validate_hires(self.hires)
+        if self.img2img is not None:
+            self._validate_img2img(self.img2img)
+
+    def _validate_img2img(self, options: Img2ImgOptions) -> None:
+        if not options.init_images:
+            raise RequestError("img2img needs at least one init image")
+        if not 0.0 <= options.denoising_strength <= 1.0:
+            raise RequestError(f"denoising_strength must be between 0 and 1, got {options.denoising_strength}")
+        if options.resize_mode not in range(len(RESIZE_MODES)):
+            raise RequestError(f"resize_mode must be 0..{len(RESIZE_MODES) - 1} "
+                               f"({', '.join(RESIZE_MODES)}), got {options.resize_mode}")
+        if not 0.0 <= options.initial_noise_multiplier <= 1.5:
+            raise RequestError(f"initial_noise_multiplier must be between 0 and 1.5, "
+                               f"got {options.initial_noise_multiplier}")
+        inpaint = options.inpaint
+        if inpaint is None:
+            return
+        if inpaint.masked_content not in MASKED_CONTENT:
+            raise RequestError(f"masked content must be one of {', '.join(MASKED_CONTENT)}, got {inpaint.masked_content!r}")
+        for name in ("mask_blur_x", "mask_blur_y"):
+            if not 0 <= getattr(inpaint, name) <= 64:
+                raise RequestError(f"{name} must be between 0 and 64 pixels, got {getattr(inpaint, name)}")
+        if not 0 <= inpaint.full_res_padding <= 256:
+            raise RequestError(f"inpaint_full_res_padding must be between 0 and 256 pixels, got {inpaint.full_res_padding}")
+        for index, image in enumerate(options.init_images):
+            if image.size != inpaint.mask.size:
+                raise RequestError(f"mask size {inpaint.mask.size[0]}x{inpaint.mask.size[1]} does not match init "
+                                   f"image {index} size {image.size[0]}x{image.size[1]}")
 
     def _validate_hires(self, hires: HiresOptions) -> None:
         if not 0.0 <= hires.denoising_strength <= 1.0:
