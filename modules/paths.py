@@ -21,6 +21,7 @@ class Paths:
     controlnet_dir: Path
     embeddings_dir: Path
     taesd_dirs: tuple[Path, ...]
+    esrgan_dir: Path
     outputs_dir: Path
     config_file: Path
     styles_file: Path
@@ -51,6 +52,7 @@ class Paths:
             controlnet_dir=Path(controlnet_dir).resolve() if controlnet_dir else models / "ControlNet",
             embeddings_dir=Path(embeddings_dir).resolve() if embeddings_dir else data / "embeddings",
             taesd_dirs=(models / "VAE-taesd", models / "VAE-approx"),
+            esrgan_dir=models / "ESRGAN",
             outputs_dir=data / "outputs",
             config_file=data / "config.yaml",
             styles_file=data / "styles.csv",

@@ -41,6 +41,18 @@ class Settings:
     send_size: bool = True
     outdir_txt2img_samples: str = ""
     outdir_txt2img_grids: str = ""
+    outdir_img2img_samples: str = ""
+    outdir_img2img_grids: str = ""
+    outdir_extras_samples: str = ""
+    img2img_fix_steps: bool = False  # A1111: run exactly `steps` steps in img2img instead of steps × denoising
+    initial_noise_multiplier: float = 1.0
+    img2img_color_correction: bool = False
+    inpainting_mask_weight: float = 1.0  # inpainting checkpoints: how much of the source conditions img2img
+    mask_apply_overlay: bool = True  # paste the result back over the source through the blurred mask
+    ESRGAN_tile: int = 192  # upscaler tile size in pixels (0 = no tiling)
+    ESRGAN_tile_overlap: int = 8
+    upscaler_for_img2img: str = "None"  # resize modes that enlarge use this upscaler (None = Lanczos)
+    save_init_img: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -66,6 +78,10 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
                 or int(value) != value:
             raise SettingsError(f"setting {key!r} must be an integer, got {value!r}")
         return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SettingsError(f"setting {key!r} must be a number, got {value!r}")
+        return float(value)
     if kind is str:
         if not isinstance(value, str):
             raise SettingsError(f"setting {key!r} must be a string, got {value!r}")

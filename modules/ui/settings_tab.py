@@ -35,6 +35,18 @@ A1111_LABELS: dict[str, str] = {
     "send_size": "Send size when sending prompt or image to another interface",
     "outdir_txt2img_samples": "Output directory for txt2img images (empty = outputs/txt2img-images)",
     "outdir_txt2img_grids": "Output directory for txt2img grids (empty = outputs/txt2img-grids)",
+    "outdir_img2img_samples": "Output directory for img2img images (empty = outputs/img2img-images)",
+    "outdir_img2img_grids": "Output directory for img2img grids (empty = outputs/img2img-grids)",
+    "outdir_extras_samples": "Output directory for images from extras tab (empty = outputs/extras-images)",
+    "img2img_fix_steps": "With img2img, do exactly the amount of steps the slider specifies",
+    "initial_noise_multiplier": "Noise multiplier for img2img",
+    "img2img_color_correction": "Apply color correction to img2img results to match original colors",
+    "inpainting_mask_weight": "Inpainting conditioning mask strength",
+    "mask_apply_overlay": "For inpainting, include masked composite in results",
+    "ESRGAN_tile": "Tile size for ESRGAN upscalers (0 = no tiling)",
+    "ESRGAN_tile_overlap": "Tile overlap for ESRGAN upscalers",
+    "upscaler_for_img2img": "Upscaler for img2img",
+    "save_init_img": "Save init images when using img2img",
 }
 
 # Settings that take one of a few values (a field may also declare `metadata["choices"]`).
