@@ -17,6 +17,7 @@ from modules.engine.request import GenerationRequest
 from modules.jobs import Job, JobQueue
 from modules.models.manager import ModelManager
 from modules.models.registry import HashCache
+from modules.models.upscalers import UpscalerRegistry
 from modules.options import LaunchOptions
 from modules.paths import Paths
 from modules.settings import Settings, load_settings, save_settings
@@ -46,6 +47,7 @@ class App:
     paths: Paths
     models: ModelManager
     jobs: JobQueue = field(init=False)
+    upscalers: UpscalerRegistry = field(init=False)
     saver: ImageSaver = field(default_factory=ImageSaver)
     _settings: Settings = field(default_factory=Settings)
     _settings_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -114,6 +116,7 @@ def create_app(options: LaunchOptions, *, load_model: bool = True) -> App:
                           hash_cache=HashCache(paths.models_dir / ".hashes.json"), device=device, dtype=dtype,
                           ram_limit=settings.sd_checkpoints_limit, low_memory=options.medvram or options.lowvram)
     app = App(options=options, paths=paths, models=models, _settings=settings)
+    app.upscalers = UpscalerRegistry(paths.esrgan_dir, device=device)
     app.jobs = JobQueue(lambda job: run_job(app, job))
     log.info("device %s, precision %s", device, dtype)
     if load_model:

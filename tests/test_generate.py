@@ -13,6 +13,7 @@ from modules.app import create_app
 from modules.engine.request import GenerationRequest, HiresOptions
 from modules.engine.samplers import SAMPLERS
 from modules.options import parse_options
+from tests.fixtures.observers import CountingObserver
 from tests.fixtures.tiny_models import (write_tiny_sd15_diffusers_folder, write_tiny_sd15_single_file,
                                         write_tiny_sdxl_single_file)
 
@@ -143,25 +144,6 @@ def test_outputs_are_saved_with_infotext(app):
     assert images[0].parent.parent.name == "txt2img-images"
     assert Image.open(images[0]).info["parameters"] == result.infotexts[0]
     assert any("txt2img-grids" in str(p) for p in result.saved_paths)
-
-
-class CountingObserver:
-    """Records how many steps each sampling pass ran."""
-
-    def __init__(self) -> None:
-        self.passes: list[list[int]] = []
-
-    def begin_pass(self, *, job_no, job_count, steps, label):
-        self.passes.append([steps, 0])
-
-    def on_step(self, step, latents):
-        self.passes[-1][1] = step
-
-    def interrupted(self):
-        return False
-
-    def skipped(self):
-        return False
 
 
 @pytest.mark.parametrize(("hires_steps", "strength"), [(1, 0.75), (3, 0.5), (5, 0.33), (2, 1.0)])

@@ -1,31 +1,52 @@
 """A1111 API request bodies → GenerationRequest (the one object the engine takes).
 
-Everything a job would only fail on later (unknown sampler, checkpoint, VAE, style, upscaler) is resolved here, so
-a bad request gets HTTP 422 before it is queued.
+Everything a job would only fail on later (unknown sampler, checkpoint, VAE, style, upscaler, script, an image that
+does not decode or a mask of the wrong size) is resolved here, so a bad request gets HTTP 422 before it is queued.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from modules.api.models import Txt2ImgRequest
+from PIL import Image
+
+from modules.api.models import GenerationApiRequest, Img2ImgRequest, Txt2ImgRequest
+from modules.api.scripts import (
+    IMG2IMG_SCRIPTS,
+    TXT2IMG_SCRIPTS,
+    find_script,
+    reject_alwayson_scripts,
+    run_img2img_script,
+)
 from modules.api.styles import apply_styles, read_styles
-from modules.engine.generate import HIRES_UPSCALERS
 from modules.engine.infotext import checkpoint_candidates, parse_infotext, request_fields_from_infotext
-from modules.engine.request import GenerationRequest, HiresOptions, RequestError
+from modules.engine.images import decode_image_base64
+from modules.engine.request import (
+    MASKED_CONTENT,
+    GenerationRequest,
+    HiresOptions,
+    Img2ImgOptions,
+    InpaintOptions,
+    RequestError,
+)
 from modules.engine.samplers import resolve_sampler
 from modules.models.manager import NoCheckpointError
 from modules.models.registry import UnknownModelError
+from modules.models.upscalers import resolve_hires_upscaler
 
 if TYPE_CHECKING:
     from modules.app import App
 
 log = logging.getLogger(__name__)
 
+ApiBody = TypeVar("ApiBody", Txt2ImgRequest, Img2ImgRequest)
+
 DEFAULT_API_SAMPLER = "Euler"  # A1111's sampler_index default when neither sampler field is sent
 DEFAULT_HIRES_UPSCALER = "Latent"
 DEFAULT_HIRES_DENOISING = 0.75  # A1111 API default (the UI's is 0.7)
+DEFAULT_IMG2IMG_DENOISING = 0.75
+IMG2IMG_BACKGROUND = (255, 255, 255)  # A1111 img2img_background_color: transparent init pixels become white
 VAE_SPECIAL_CHOICES = ("Automatic", "None")
 # Infotext-derived request fields that have an API field of the same name.
 _INFOTEXT_PLAIN_FIELDS = ("prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height", "subseed",
@@ -47,33 +68,95 @@ def txt2img_request(body: Txt2ImgRequest, app: App) -> GenerationRequest:
     if body.infotext:
         body = with_infotext(body, app)
     reject_unsupported_scripts(body)
+    width, height, hires = hires_options(body, app)
+    request = common_request(body, app).replace(width=width, height=height, hires=hires, mode="txt2img")
+    return runnable_request(request, app)
+
+
+def img2img_request(body: Img2ImgRequest, app: App) -> GenerationRequest:
+    """img2img / inpaint, or the request a selectable script makes of it; images are decoded (with limits) here."""
+    if body.infotext:
+        body = with_infotext(body, app)
+    script = find_script(body.script_name, IMG2IMG_SCRIPTS)
+    reject_alwayson_scripts(body.alwayson_scripts)
+    if not body.init_images:
+        raise RequestError("init_images: at least one base64 image is required")
+    if body.latent_mask:
+        log.info("img2img: latent_mask is not supported; ignored")
+    options = img2img_options(body)
+    request = common_request(body, app).replace(img2img=options, mode="img2img")
+    if script is not None:
+        request = run_img2img_script(script, body.script_args, request, options.init_images[0])
+    return runnable_request(request, app)
+
+
+def common_request(body: GenerationApiRequest, app: App) -> GenerationRequest:
+    """The fields txt2img and img2img share: prompts with styles, seeds, sampler, size, batch, per-request settings."""
     sampler, schedule = resolve_sampler(body.sampler_name or body.sampler_index or DEFAULT_API_SAMPLER, body.scheduler)
     overrides = per_request_overrides(body.override_settings or {}, app)
     prompt, negative_prompt = apply_styles(body.prompt, body.negative_prompt, list(body.styles or []),
                                            read_styles(app.paths.styles_file) if body.styles else [])
-    width, height, hires = hires_options(body)
-    request = GenerationRequest(
+    return GenerationRequest(
         prompt=prompt, negative_prompt=negative_prompt, styles=list(body.styles or []),
         seed=body.seed, subseed=body.subseed, subseed_strength=body.subseed_strength,
         seed_resize_from_w=max(body.seed_resize_from_w, 0), seed_resize_from_h=max(body.seed_resize_from_h, 0),
         sampler_name=sampler.name, scheduler=schedule.label, steps=body.steps, cfg_scale=body.cfg_scale,
-        width=width, height=height, batch_size=body.batch_size, n_iter=body.n_iter,
-        clip_skip=overrides.clip_skip, checkpoint=overrides.checkpoint, vae=overrides.vae, hires=hires,
+        width=body.width, height=body.height, batch_size=body.batch_size, n_iter=body.n_iter,
+        clip_skip=overrides.clip_skip, checkpoint=overrides.checkpoint, vae=overrides.vae,
         # A1111: save_images overrides do_not_save_samples / do_not_save_grid; the API does not save by default.
-        save_images=body.save_images, save_grid=body.save_images, mode="txt2img",
+        save_images=body.save_images, save_grid=body.save_images,
     )
+
+
+def runnable_request(request: GenerationRequest, app: App) -> GenerationRequest:
     request = with_loadable_checkpoint(request, app)
     request.validate()
     return request
 
 
-def hires_options(body: Txt2ImgRequest) -> tuple[int, int, HiresOptions | None]:
+def img2img_options(body: Img2ImgRequest) -> Img2ImgOptions:
+    """Decoded init images and mask (ImageDecodeError → 422) and the A1111 API's inpaint defaults."""
+    init_images = [flatten_init_image(decode_image_base64(data)) for data in body.init_images or []]
+    inpaint = None
+    if body.mask:
+        blur_x, blur_y = (body.mask_blur, body.mask_blur) if body.mask_blur is not None else (
+            body.mask_blur_x, body.mask_blur_y)
+        inpaint = InpaintOptions(
+            mask=binary_mask(decode_image_base64(body.mask), round_alpha=body.mask_round),
+            mask_blur_x=blur_x, mask_blur_y=blur_y, invert=bool(body.inpainting_mask_invert),
+            masked_content=MASKED_CONTENT[body.inpainting_fill], full_res=body.inpaint_full_res,
+            full_res_padding=body.inpaint_full_res_padding)
+    denoising = DEFAULT_IMG2IMG_DENOISING if body.denoising_strength is None else body.denoising_strength
+    noise_multiplier = 1.0 if body.initial_noise_multiplier is None else body.initial_noise_multiplier
+    return Img2ImgOptions(init_images=init_images, denoising_strength=denoising, resize_mode=body.resize_mode,
+                          inpaint=inpaint, initial_noise_multiplier=noise_multiplier)
+
+
+def flatten_init_image(image: Image.Image) -> Image.Image:
+    """RGB; transparent pixels over white (A1111 flattens init images onto img2img_background_color)."""
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*IMG2IMG_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def binary_mask(image: Image.Image, *, round_alpha: bool) -> Image.Image:
+    """A1111 create_binary_mask: an RGBA mask with transparency uses its alpha (thresholded at 128 when
+    round_alpha), anything else its grey level; white = repaint."""
+    if image.mode == "RGBA" and image.getextrema()[-1] != (255, 255):
+        alpha = image.getchannel("A")
+        return alpha.point(lambda value: 255 if value > 128 else 0) if round_alpha else alpha
+    return image.convert("L")
+
+
+def hires_options(body: Txt2ImgRequest, app: App) -> tuple[int, int, HiresOptions | None]:
     """(first-pass width, height, hires options). Legacy firstphase_* sizes make width/height the hires target."""
     if not body.enable_hr:
         return body.width, body.height, None
-    upscaler = body.hr_upscaler or DEFAULT_HIRES_UPSCALER
-    if upscaler not in HIRES_UPSCALERS:
-        raise RequestError(f"hr_upscaler {upscaler!r} is not available; choose one of {', '.join(HIRES_UPSCALERS)}")
+    upscaler = resolve_hires_upscaler(app.upscalers, body.hr_upscaler or DEFAULT_HIRES_UPSCALER)  # 422 if unknown
     for name in ("hr_checkpoint_name", "hr_sampler_name", "hr_scheduler"):
         if (getattr(body, name) or "") not in _SAME_AS_FIRST_PASS:
             log.info("txt2img: %s is not supported yet; the hires pass uses the first pass's value", name)
@@ -114,12 +197,9 @@ def per_request_overrides(settings: dict[str, Any], app: App) -> RequestOverride
 
 
 def reject_unsupported_scripts(body: Txt2ImgRequest) -> None:
-    """A1111 answers 422 for scripts it does not have; so do we (no scripts are registered yet)."""
-    if body.script_name:
-        raise RequestError(f"script {body.script_name!r} not found; available scripts: none")
-    if body.alwayson_scripts:
-        names = ", ".join(sorted(body.alwayson_scripts))
-        raise RequestError(f"always-on script(s) {names} not found; available: none")
+    """A1111 answers 422 for scripts it does not have; so do we (txt2img has no selectable scripts yet)."""
+    find_script(body.script_name, TXT2IMG_SCRIPTS)
+    reject_alwayson_scripts(body.alwayson_scripts)
 
 
 def with_loadable_checkpoint(request: GenerationRequest, app: App) -> GenerationRequest:
@@ -136,7 +216,7 @@ def with_loadable_checkpoint(request: GenerationRequest, app: App) -> Generation
                             f"{app.paths.ckpt_dirs[0]} and call /sdapi/v1/refresh-checkpoints.")
 
 
-def with_infotext(body: Txt2ImgRequest, app: App) -> Txt2ImgRequest:
+def with_infotext(body: ApiBody, app: App) -> ApiBody:
     """Fill the fields the request did not set from its `infotext` (A1111 1.8+ API behaviour)."""
     assert body.infotext is not None
     parsed = parse_infotext(body.infotext)
@@ -149,8 +229,10 @@ def with_infotext(body: Txt2ImgRequest, app: App) -> Txt2ImgRequest:
             data[name] = fields[name]
     if "sampler_name" in fields and not given & {"sampler_name", "sampler_index"}:
         data["sampler_name"] = fields["sampler_name"]
+    if isinstance(body, Img2ImgRequest) and "denoising_strength" in fields and "denoising_strength" not in given:
+        data["denoising_strength"] = fields["denoising_strength"]  # img2img strength (no hires in the infotext)
     hires: HiresOptions | None = fields.get("hires")
-    if hires is not None and "enable_hr" not in given:
+    if isinstance(body, Txt2ImgRequest) and hires is not None and "enable_hr" not in given:
         data["enable_hr"] = True
         for name, value in (("hr_scale", hires.scale), ("hr_upscaler", hires.upscaler),
                             ("hr_second_pass_steps", hires.steps), ("denoising_strength", hires.denoising_strength),
@@ -158,7 +240,7 @@ def with_infotext(body: Txt2ImgRequest, app: App) -> Txt2ImgRequest:
             if name not in given:
                 data[name] = value
     data["override_settings"] = _infotext_settings(parsed, fields, dict(body.override_settings or {}), app)
-    return Txt2ImgRequest.model_validate(data)
+    return type(body).model_validate(data)
 
 
 def _infotext_settings(parsed: dict[str, Any], fields: dict[str, Any], settings: dict[str, Any],

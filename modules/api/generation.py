@@ -1,4 +1,4 @@
-"""Generation routes: txt2img, progress, interrupt, skip, png-info.
+"""Generation routes: txt2img, img2img, progress, interrupt, skip, png-info.
 
 Jobs run on the App's single worker; a request handler only submits and then awaits completion by polling the job
 (no thread is held while waiting), so progress/interrupt stay responsive however many requests are queued.
@@ -10,12 +10,14 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 
-from modules.api.convert import txt2img_request
+from modules.api.convert import img2img_request, txt2img_request
 from modules.api.models import (
+    GenerationApiRequest,
     ImageResponse,
+    Img2ImgRequest,
     PngInfoRequest,
     PngInfoResponse,
     ProgressResponse,
@@ -40,11 +42,19 @@ async def wait_for(job: Job) -> Any:
     return job.wait(0)
 
 
-def encode_result(app: App, body: Txt2ImgRequest, result: GenerationResult | None) -> ImageResponse:
+def echoed_parameters(body: GenerationApiRequest) -> dict[str, Any]:
+    """The request with defaults; like A1111, img2img echoes init_images and mask only with include_init_images."""
+    parameters = body.model_dump(mode="json")
+    if isinstance(body, Img2ImgRequest) and not body.include_init_images:
+        parameters["init_images"] = parameters["mask"] = None
+    return parameters
+
+
+def encode_result(app: App, body: GenerationApiRequest, result: GenerationResult | None) -> ImageResponse:
     """A1111 response: the grid first (when made), infotexts embedded, info as a JSON string."""
     settings = app.settings
     if result is None:  # interrupted while still queued
-        return ImageResponse(images=[], parameters=body.model_dump(mode="json"), info=json.dumps({}))
+        return ImageResponse(images=[], parameters=echoed_parameters(body), info=json.dumps({}))
     pairs = list(zip(result.images, result.infotexts))
     info = dict(result.info)
     if result.grid is not None:
@@ -55,7 +65,7 @@ def encode_result(app: App, body: Txt2ImgRequest, result: GenerationResult | Non
         info["warnings"] = list(result.warnings)
     images = [encode_image_base64(image, settings.samples_format, text if settings.enable_pnginfo else None)
               for image, text in pairs] if body.send_images else []
-    return ImageResponse(images=images, parameters=body.model_dump(mode="json"), info=json.dumps(info, default=str))
+    return ImageResponse(images=images, parameters=echoed_parameters(body), info=json.dumps(info, default=str))
 
 
 def progress_of(job: Job | None, *, skip_current_image: bool) -> ProgressResponse:
@@ -89,6 +99,17 @@ def add_generation_routes(router: APIRouter, app: App) -> None:
         request = await run_in_threadpool(txt2img_request, body, app)
         job = app.submit(request, task_id=body.force_task_id)
         result = await wait_for(job)  # None when an interrupt dropped it from the queue
+        return await run_in_threadpool(encode_result, app, body, result)
+
+    @router.post("/img2img", response_model=ImageResponse, summary="Image to image, inpainting, outpainting scripts")
+    async def img2img(body: Img2ImgRequest) -> ImageResponse:
+        if not body.init_images:
+            raise HTTPException(status_code=404, detail="Init image not found")  # A1111's answer
+        if body.override_settings and not body.override_settings_restore_afterwards:
+            await run_in_threadpool(apply_options, app, body.override_settings)
+        request = await run_in_threadpool(img2img_request, body, app)  # decodes the images: 422 before queueing
+        job = app.submit(request, task_id=body.force_task_id)
+        result = await wait_for(job)
         return await run_in_threadpool(encode_result, app, body, result)
 
     @router.get("/progress", response_model=ProgressResponse, summary="Progress of the running job")

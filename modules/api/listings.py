@@ -13,24 +13,29 @@ from modules.api.models import (
     PromptStyleItem,
     SamplerItem,
     SchedulerItem,
+    ScriptInfo,
     ScriptsList,
     UpscalerItem,
 )
+from modules.api.scripts import script_infos, scripts_list
 from modules.api.styles import read_styles
-from modules.engine.generate import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
+from modules.engine.generate import LATENT_UPSCALE_MODES
 from modules.engine.samplers import sampler_list_for_api, schedule_list_for_api
+from modules.models.upscalers import UpscalerRegistry
 
 if TYPE_CHECKING:
     from modules.app import App
 
 A1111_UPSCALER_SCALE = 4  # A1111 lists its built-in upscalers with scale 4
+MODEL_UPSCALER_FAMILY = "ESRGAN"  # A1111's model_name for files in models/ESRGAN
 
 
-def upscaler_items() -> list[UpscalerItem]:
-    """'None' first, as A1111 lists it; model fields are null for the built-in resamplers."""
-    names = ["None", *(name for name in PIXEL_UPSCALERS if name != "None")]
-    return [UpscalerItem(name=name, model_name=None, model_path=None, model_url=None, scale=A1111_UPSCALER_SCALE)
-            for name in names]
+def upscaler_items(registry: UpscalerRegistry) -> list[UpscalerItem]:
+    """'None', 'Lanczos', 'Nearest', then one per model file (rescanned); model fields are null for built-ins."""
+    return [UpscalerItem(name=entry.name, model_name=MODEL_UPSCALER_FAMILY if entry.path else None,
+                         model_path=str(entry.path) if entry.path else None, model_url=None,
+                         scale=entry.scale if entry.path else A1111_UPSCALER_SCALE)
+            for entry in registry.refresh()]
 
 
 def add_listing_routes(router: APIRouter, app: App) -> None:
@@ -44,7 +49,7 @@ def add_listing_routes(router: APIRouter, app: App) -> None:
 
     @router.get("/upscalers", response_model=list[UpscalerItem], summary="Pixel upscalers (hires fix, extras)")
     def upscalers() -> list[UpscalerItem]:
-        return upscaler_items()
+        return upscaler_items(app.upscalers)
 
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscaleModeItem], summary="Latent upscalers")
     def latent_upscale_modes() -> list[LatentUpscaleModeItem]:
@@ -63,11 +68,15 @@ def add_listing_routes(router: APIRouter, app: App) -> None:
     def loras() -> list[LoraItem]:
         return []
 
-    @router.get("/scripts", response_model=ScriptsList, summary="Selectable scripts")
+    @router.get("/scripts", response_model=ScriptsList, summary="Selectable scripts (lower-case titles)")
     def scripts() -> ScriptsList:
-        return ScriptsList()
+        return scripts_list()
 
-    for path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/script-info", "/extensions"):
+    @router.get("/script-info", response_model=list[ScriptInfo], summary="Scripts and their positional script_args")
+    def script_info() -> list[ScriptInfo]:
+        return script_infos()
+
+    for path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/extensions"):
         router.add_api_route(path, _empty_list, methods=["GET"], summary="Not available in this server: []")
     for path in ("/refresh-loras", "/refresh-embeddings"):
         router.add_api_route(path, _nothing, methods=["POST"], summary="Rescan (nothing to rescan yet)")

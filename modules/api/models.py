@@ -9,13 +9,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from modules.engine.request import MAX_BATCH_SIZE, MAX_SIZE, MAX_STEPS, MIN_SIZE
+from modules.engine.request import MASKED_CONTENT, MAX_BATCH_SIZE, MAX_SIZE, MAX_STEPS, MIN_SIZE, RESIZE_MODES
 
 MAX_PROMPT_CHARS = 20_000
 MAX_STYLES = 50
 MAX_IMAGES_PER_REQUEST = 64
 MAX_SEED = 2**32 - 1
 MAX_N_ITER = 100
+MAX_INIT_IMAGES = 16
 
 
 class ApiRequest(BaseModel):
@@ -28,8 +29,8 @@ def _size(default: int, description: str) -> Any:
     return Field(default, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, description=description)
 
 
-class Txt2ImgRequest(ApiRequest):
-    """POST /sdapi/v1/txt2img (A1111 StableDiffusionTxt2ImgProcessingAPI)."""
+class GenerationApiRequest(ApiRequest):
+    """The fields txt2img and img2img share (A1111 StableDiffusionProcessing)."""
 
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
@@ -53,7 +54,8 @@ class Txt2ImgRequest(ApiRequest):
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
     eta: float | None = None
-    denoising_strength: float | None = Field(0.75, ge=0.0, le=1.0, description="hires fix strength")
+    denoising_strength: float | None = Field(0.75, ge=0.0, le=1.0,
+                                             description="img2img: how much to change; txt2img: hires fix strength")
     s_min_uncond: float | None = None
     s_churn: float | None = None
     s_tmax: float | None = None
@@ -65,8 +67,28 @@ class Txt2ImgRequest(ApiRequest):
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
     disable_extra_networks: bool = False
-    firstpass_image: str | None = None
     comments: dict[str, Any] | None = None
+    force_task_id: str | None = Field(None, max_length=200)
+    script_name: str | None = Field(None, description="title of a selectable script (see /sdapi/v1/scripts)")
+    script_args: list[Any] = Field(default_factory=list, description="the script's positional arguments")
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: str | None = Field(None, max_length=MAX_PROMPT_CHARS * 2,
+                                 description="A1111 infotext; fills the fields this request leaves unset")
+
+    @model_validator(mode="after")
+    def _image_count(self) -> GenerationApiRequest:
+        total = self.batch_size * self.n_iter
+        if total > MAX_IMAGES_PER_REQUEST:
+            raise ValueError(f"batch_size × n_iter must be at most {MAX_IMAGES_PER_REQUEST} images, got {total}")
+        return self
+
+
+class Txt2ImgRequest(GenerationApiRequest):
+    """POST /sdapi/v1/txt2img (A1111 StableDiffusionTxt2ImgProcessingAPI)."""
+
+    firstpass_image: str | None = None
     enable_hr: bool = False
     firstphase_width: int = Field(0, ge=0, le=MAX_SIZE, description="legacy first-pass size for enable_hr")
     firstphase_height: int = Field(0, ge=0, le=MAX_SIZE)
@@ -80,21 +102,29 @@ class Txt2ImgRequest(ApiRequest):
     hr_scheduler: str | None = None
     hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    force_task_id: str | None = Field(None, max_length=200)
-    script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
-    send_images: bool = True
-    save_images: bool = False
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    infotext: str | None = Field(None, max_length=MAX_PROMPT_CHARS * 2,
-                                 description="A1111 infotext; fills the fields this request leaves unset")
 
-    @model_validator(mode="after")
-    def _image_count(self) -> Txt2ImgRequest:
-        total = self.batch_size * self.n_iter
-        if total > MAX_IMAGES_PER_REQUEST:
-            raise ValueError(f"batch_size × n_iter must be at most {MAX_IMAGES_PER_REQUEST} images, got {total}")
-        return self
+
+class Img2ImgRequest(GenerationApiRequest):
+    """POST /sdapi/v1/img2img (A1111 StableDiffusionImg2ImgProcessingAPI); images are base64, data URIs allowed."""
+
+    init_images: list[str] | None = Field(None, max_length=MAX_INIT_IMAGES,
+                                          description="required; used in turn across the batch")
+    resize_mode: int = Field(0, ge=0, le=len(RESIZE_MODES) - 1, description=", ".join(
+        f"{index} {label}" for index, label in enumerate(RESIZE_MODES)))
+    image_cfg_scale: float | None = Field(None, description="instruct-pix2pix only; accepted and ignored")
+    mask: str | None = Field(None, description="inpaint mask, white = repaint (or the alpha channel of an RGBA mask)")
+    mask_blur: int | None = Field(None, ge=0, le=64, description="sets mask_blur_x and mask_blur_y")
+    mask_blur_x: int = Field(4, ge=0, le=64)
+    mask_blur_y: int = Field(4, ge=0, le=64)
+    mask_round: bool = Field(True, description="threshold a mask taken from an alpha channel at 50 %")
+    inpainting_fill: int = Field(0, ge=0, le=len(MASKED_CONTENT) - 1, description=", ".join(
+        f"{index} {label}" for index, label in enumerate(MASKED_CONTENT)))
+    inpaint_full_res: bool = Field(True, description="true = only masked (the API default), false = whole picture")
+    inpaint_full_res_padding: int = Field(0, ge=0, le=256, description="pixels of context around the mask")
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1 / true = inpaint not masked")
+    initial_noise_multiplier: float | None = Field(None, ge=0.0, le=1.5, description="null = 1.0")
+    latent_mask: str | None = Field(None, description="accepted and ignored")
+    include_init_images: bool = Field(False, description="echo init_images and mask in the response parameters")
 
 
 class ImageResponse(BaseModel):
@@ -194,6 +224,22 @@ class LoraItem(BaseModel):
 class ScriptsList(BaseModel):
     txt2img: list[str] = Field(default_factory=list)
     img2img: list[str] = Field(default_factory=list)
+
+
+class ScriptArg(BaseModel):
+    label: str
+    value: Any = None
+    minimum: Any = None
+    maximum: Any = None
+    step: Any = None
+    choices: list[str] | None = None
+
+
+class ScriptInfo(BaseModel):
+    name: str = Field(description="the script's title in lower case, as A1111 lists it")
+    is_alwayson: bool = False
+    is_img2img: bool = False
+    args: list[ScriptArg] = Field(default_factory=list, description="positional script_args, in order")
 
 
 class MemoryResponse(BaseModel):

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, FastAPI
 
 from modules.api.errors import install_error_handlers
+from modules.api.extras_routes import add_extras_routes
 from modules.api.generation import add_generation_routes
 from modules.api.listings import add_listing_routes
 from modules.api.security import basic_auth_dependency, parse_credentials
@@ -25,6 +26,7 @@ def create_api_router(app: App) -> APIRouter:
     add_generation_routes(router, app)
     add_settings_routes(router, app)
     add_listing_routes(router, app)
+    add_extras_routes(router, app)
     return router
 
 

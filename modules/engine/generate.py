@@ -1,4 +1,5 @@
 """request → images + infotexts. Reads top-down as named stages: plan → (per batch) sample → hires → decode → describe.
+img2img / inpaint batches take their own stage (img2img_batch; inputs and compositing in img2img.py).
 
 The diffusers pipeline does the denoising loop; we supply everything A1111 users expect around it: our own prompt
 embeddings (A1111 syntax, clip skip, prompt editing swapped in from the step callback), per-image CPU noise
@@ -8,20 +9,22 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from modules.engine import img2img as img2img_stage
 from modules.engine import infotext as infotext_format
 from modules.engine.model import EngineModel
 from modules.engine.progress import NullObserver, StepObserver
 from modules.engine.prompt_parser import extract_extra_networks
 from modules.engine.prompts import PromptSchedule
 from modules.engine.request import GenerationRequest, HiresOptions
+from modules.engine.resize import Resizer
 from modules.engine.result import GenerationResult
 from modules.engine.samplers import SamplerSpec, ScheduleSpec, build_scheduler, infotext_schedule_label, resolve_sampler
 from modules.engine.seeds import create_noise, image_seeds, resolve_seed
@@ -32,6 +35,10 @@ LATENT_UPSCALE_MODES = {"Latent": "bilinear", "Latent (nearest)": "nearest", "La
                         "Latent (bicubic)": "bicubic", "Latent (antialiased)": "bilinear"}
 PIXEL_UPSCALERS = {"Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST, "None": Image.LANCZOS}
 HIRES_UPSCALERS = (*LATENT_UPSCALE_MODES, "Lanczos", "Nearest", "None")
+# infotext keys A1111 lists in info["extra_generation_params"] (the rest are core keys)
+EXTRA_GENERATION_PARAMS = ("Schedule type", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "RNG",
+                           "Emphasis", "Mask blur", "Mask mode", "Masked content", "Inpaint area",
+                           "Masked area padding", "Noise multiplier")
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,14 @@ class EngineOptions:
     clip_skip: int = 1
     emphasis: str = "Original"
     version: str = infotext_format.VERSION
+    # (image, width, height, upscaler name) → image of exactly width × height: the app's upscaler registry
+    # (Lanczos, Nearest, model files). None = PIL resizing with PIXEL_UPSCALERS only.
+    pixel_upscale: Callable[[Image.Image, int, int, str], Image.Image] | None = None
+    img2img_fix_steps: bool = False  # run exactly `steps` img2img steps instead of int(steps × denoising) + 1
+    initial_noise_multiplier: float = 1.0  # img2img noise × this, unless the request sets its own
+    inpainting_mask_weight: float = 1.0  # 9-channel UNets: how much of the source the mask hides (A1111)
+    mask_apply_overlay: bool = True  # inpaint: composite the result over the source through the blurred mask
+    img2img_upscaler: str = "None"  # enlarges init images through pixel_upscale (A1111 upscaler_for_img2img)
 
 
 @dataclass
@@ -62,6 +77,8 @@ def generate(model: EngineModel, request: GenerationRequest, *, observer: StepOb
              options: EngineOptions = EngineOptions()) -> GenerationResult:
     observer = observer or NullObserver()
     plan = plan_generation(request, options)
+    if request.hires is not None and model.is_inpainting:
+        raise ValueError("hires fix does not run on an inpainting checkpoint yet; use a regular checkpoint")
     images: list[Image.Image] = []
     for batch_no in range(request.n_iter):
         if observer.interrupted():
@@ -74,7 +91,9 @@ def generate(model: EngineModel, request: GenerationRequest, *, observer: StepOb
 def plan_generation(request: GenerationRequest, options: EngineOptions) -> GenerationPlan:
     request.validate()
     sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
-    if request.hires is not None and request.hires.upscaler not in HIRES_UPSCALERS:
+    if request.hires is not None and request.img2img is not None:
+        raise ValueError("hires fix is a txt2img option; img2img generates at the requested size directly")
+    if request.hires is not None and request.hires.upscaler not in HIRES_UPSCALERS and options.pixel_upscale is None:
         raise ValueError(f"unknown hires upscaler {request.hires.upscaler!r}; choose one of {', '.join(HIRES_UPSCALERS)}")
     seed = resolve_seed(request.seed)
     subseed = resolve_seed(request.subseed)
@@ -89,6 +108,8 @@ def sample_batch(model: EngineModel, plan: GenerationPlan, seeds: list[int], sub
                  observer: StepObserver) -> list[Image.Image]:
     """First pass (and hires pass) for one batch; returns decoded images."""
     request = plan.request
+    if request.img2img is not None:
+        return img2img_batch(model, plan, seeds, subseeds, batch_no, observer)
     job_count = request.n_iter * (2 if request.hires else 1)
     pass_no = batch_no * (2 if request.hires else 1)
     scale = model.vae_scale_factor
@@ -99,14 +120,56 @@ def sample_batch(model: EngineModel, plan: GenerationPlan, seeds: list[int], sub
         seed_resize_from=resize_from if all(resize_from) else None)
     schedule = model.prompt_encoder.schedule(plan.prompt, request.negative_prompt, request.steps,
                                              clip_skip=plan.clip_skip, emphasis=plan.options.emphasis)
-    pipe = model.pipeline("txt2img", build_scheduler(plan.sampler, plan.schedule, model.scheduler_config, seed=seeds[0]))
+    # A1111 "inpainting conditioning": a 9-channel UNet in txt2img sees a full mask over a grey image
+    conditioning = img2img_stage.inpainting_txt2img_inputs(model, len(seeds), request.width, request.height) \
+        if model.is_inpainting else {}
+    scheduler = build_scheduler(plan.sampler, plan.schedule, model.scheduler_config, seed=seeds[0])
+    pipe = model.pipeline("inpaint" if model.is_inpainting else "txt2img", scheduler)
     observer.begin_pass(job_no=pass_no, job_count=job_count, steps=request.steps, label=f"Batch {batch_no + 1}")
     latents = run_pipeline(pipe, model, schedule, request, observer, batch=len(seeds), steps=request.steps,
                            latents=noise.to(model.device, model.dtype), output_type="latent",
-                           width=request.width, height=request.height)
+                           width=request.width, height=request.height, **conditioning)
     if request.hires is not None and not observer.interrupted():
         latents = hires_pass(model, plan, latents, seeds, pass_no + 1, job_count, observer)
-    return decode_latents(model, latents)
+    return model.decode(latents)
+
+
+def img2img_batch(model: EngineModel, plan: GenerationPlan, seeds: list[int], subseeds: list[int], batch_no: int,
+                  observer: StepObserver) -> list[Image.Image]:
+    """img2img / inpaint for one batch: prepared inputs → img2img or inpaint pipeline → decode → composite."""
+    request, options = plan.request, plan.options
+    first = batch_no * request.batch_size
+    batch = img2img_stage.prepare_batch(
+        model, request, range(first, first + len(seeds)), seeds, subseeds, fix_steps=options.img2img_fix_steps,
+        noise_multiplier=noise_multiplier(plan), mask_weight=options.inpainting_mask_weight,
+        resizer=img2img_resizer(options))
+    plan.warnings += [warning for warning in batch.warnings if warning not in plan.warnings]
+    if request.img2img.denoising_strength == 0:  # type: ignore[union-attr]
+        return batch.sources
+    schedule = model.prompt_encoder.schedule(plan.prompt, request.negative_prompt, request.steps,
+                                             clip_skip=plan.clip_skip, emphasis=options.emphasis)
+    scheduler = build_scheduler(plan.sampler, plan.schedule, model.scheduler_config, seed=seeds[0])
+    pipe = model.pipeline(batch.task, img2img_stage.preset_noise_scheduler(scheduler, batch.noise))
+    observer.begin_pass(job_no=batch_no, job_count=request.n_iter, steps=batch.steps.run, label=f"Batch {batch_no + 1}")
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]  # ancestral samplers' step noise
+    latents = run_pipeline(pipe, model, schedule, request, observer, batch=len(seeds), steps=batch.steps.total,
+                           strength=batch.steps.strength, generator=generators, output_type="latent",
+                           width=request.width, height=request.height, **batch.inputs)
+    return img2img_stage.finish(batch, model.decode(latents), apply_overlay=options.mask_apply_overlay)
+
+
+def noise_multiplier(plan: GenerationPlan) -> float:
+    options = plan.request.img2img
+    assert options is not None, "img2img jobs only"
+    return img2img_stage.effective_noise_multiplier(options, plan.options.initial_noise_multiplier)
+
+
+def img2img_resizer(options: EngineOptions) -> Resizer | None:
+    """The upscaler A1111 uses when an init image must be enlarged (setting upscaler_for_img2img)."""
+    upscale, name = options.pixel_upscale, options.img2img_upscaler
+    if upscale is None or name in ("", "None"):
+        return None
+    return lambda image, width, height: upscale(image, width, height, name)
 
 
 def hires_pass(model: EngineModel, plan: GenerationPlan, latents: torch.Tensor, seeds: list[int], pass_no: int,
@@ -121,13 +184,14 @@ def hires_pass(model: EngineModel, plan: GenerationPlan, latents: torch.Tensor, 
         image: Any = F.interpolate(latents.float(), size=(height // scale, width // scale), mode=mode,
                                    antialias=hires.upscaler == "Latent (antialiased)").to(latents.dtype)
     else:
-        image = [img.resize((width, height), PIXEL_UPSCALERS[hires.upscaler]) for img in decode_latents(model, latents)]
+        upscale = plan.options.pixel_upscale or (lambda img, w, h, name: img.resize((w, h), PIXEL_UPSCALERS[name]))
+        image = [upscale(img, width, height, hires.upscaler) for img in model.decode(latents)]
     steps = hires.steps or request.steps
     # A1111: prompt-editing steps past the first pass (or fractions 1.0-2.0) address the hires pass.
     schedule = model.prompt_encoder.schedule(plan.prompt, request.negative_prompt, request.steps, hires_steps=steps,
                                              clip_skip=plan.clip_skip, emphasis=plan.options.emphasis)
     if hires.denoising_strength == 0:
-        return image if torch.is_tensor(image) else encode_images(model, image)
+        return image if torch.is_tensor(image) else model.encode(image)
     pipe = model.pipeline("img2img", build_scheduler(plan.sampler, plan.schedule, model.scheduler_config, seed=seeds[0]))
     # A1111 runs exactly `steps` hires steps on a schedule stretched to steps / strength; diffusers then
     # executes int(total * strength) of `total`, and ceil makes that exactly `steps`.
@@ -190,28 +254,6 @@ def _batch(tensor: torch.Tensor, batch: int) -> torch.Tensor:
     return tensor.expand(batch, *tensor.shape[1:])
 
 
-def decode_latents(model: EngineModel, latents: torch.Tensor) -> list[Image.Image]:
-    """VAE decode; an fp16 VAE that overflows (NaNs) is retried in fp32, the fix A1111 users wish they had."""
-    vae = model.components.vae
-    with torch.inference_mode():
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-        if torch.isnan(decoded).any() and vae.dtype != torch.float32:
-            log.warning("VAE produced NaNs in %s; decoding again in float32", vae.dtype)
-            decoded = vae.float().decode(latents.float() / vae.config.scaling_factor).sample
-            vae.to(model.dtype)
-    pixels = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(array) for array in pixels]
-
-
-def encode_images(model: EngineModel, images: list[Image.Image]) -> torch.Tensor:
-    """Pixels → UNet-space latents (the inverse of decode_latents)."""
-    vae = model.components.vae
-    pixels = torch.stack([torch.from_numpy(np.asarray(image.convert("RGB"))) for image in images])
-    pixels = pixels.permute(0, 3, 1, 2).to(model.device, vae.dtype) / 127.5 - 1
-    with torch.inference_mode():
-        return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
-
-
 def describe(model: EngineModel, plan: GenerationPlan, images: list[Image.Image], *, interrupted: bool) -> GenerationResult:
     """Infotext per image and A1111's `info` object."""
     request = plan.request
@@ -239,7 +281,8 @@ def infotext_params(model: EngineModel, plan: GenerationPlan, index: int) -> dic
         "Variation seed strength": request.subseed_strength if variation else None,
         "Seed resize from": f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
         if request.seed_resize_from_w and request.seed_resize_from_h else None,
-        "Denoising strength": request.hires.denoising_strength if request.hires else None,
+        "Denoising strength": denoising_strength(request),
+        "Conditional mask weight": plan.options.inpainting_mask_weight if model.is_inpainting else None,
         "Clip skip": plan.clip_skip if plan.clip_skip > 1 else None,
         "RNG": "CPU",
     }
@@ -251,11 +294,19 @@ def infotext_params(model: EngineModel, plan: GenerationPlan, index: int) -> dic
             params["Hires upscale"] = hires.scale
         params["Hires steps"] = hires.steps or None
         params["Hires upscaler"] = hires.upscaler
+    if request.img2img is not None:
+        params.update(img2img_stage.infotext_params(request.img2img, noise_multiplier(plan)))
     if plan.options.emphasis != "Original" and any(c in request.prompt + request.negative_prompt for c in "()[]"):
         params["Emphasis"] = plan.options.emphasis
     params.update(request.extra_params)
     params["Version"] = plan.options.version
     return params
+
+
+def denoising_strength(request: GenerationRequest) -> float | None:
+    if request.img2img is not None:
+        return request.img2img.denoising_strength
+    return request.hires.denoising_strength if request.hires else None
 
 
 def schedule_label(plan: GenerationPlan) -> str | None:
@@ -277,11 +328,10 @@ def a1111_info(model: EngineModel, plan: GenerationPlan, result: GenerationResul
         "restore_faces": False, "face_restoration_model": None, "sd_model_name": model.model_name,
         "sd_model_hash": model.model_hash, "sd_vae_name": model.vae_name, "sd_vae_hash": model.vae_hash,
         "seed_resize_from_w": request.seed_resize_from_w or -1, "seed_resize_from_h": request.seed_resize_from_h or -1,
-        "denoising_strength": request.hires.denoising_strength if request.hires else None,
+        "denoising_strength": denoising_strength(request),
         "extra_generation_params": {k: v for k, v in infotext_params(model, plan, 0).items()
-                                    if k in ("Schedule type", "Hires upscale", "Hires resize", "Hires steps",
-                                             "Hires upscaler", "RNG", "Emphasis") and v is not None},
+                                    if k in EXTRA_GENERATION_PARAMS and v is not None},
         "index_of_first_image": 0, "infotexts": result.infotexts, "styles": request.styles,
-        "job_timestamp": "", "clip_skip": plan.clip_skip, "is_using_inpainting_conditioning": False,
+        "job_timestamp": "", "clip_skip": plan.clip_skip, "is_using_inpainting_conditioning": model.is_inpainting,
         "version": plan.options.version,
     }

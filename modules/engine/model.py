@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import logging
+
 import diffusers
 import numpy as np
 import torch
@@ -14,12 +16,18 @@ from PIL import Image
 
 from modules.engine.prompts import PromptEncoder, TextEncoderSet
 
-# family → (txt2img pipeline, img2img pipeline)
+log = logging.getLogger(__name__)
+
+# family → task → pipeline class. "inpaint" serves masked jobs and every job of a 9-channel inpainting UNet.
 PIPELINE_CLASSES = {
-    "sd1": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
-    "sd2": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
-    "sdxl": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
+    "sd1": {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
+            "inpaint": "StableDiffusionInpaintPipeline"},
+    "sd2": {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
+            "inpaint": "StableDiffusionInpaintPipeline"},
+    "sdxl": {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
+             "inpaint": "StableDiffusionXLInpaintPipeline"},
 }
+INPAINTING_UNET_CHANNELS = 9  # 4 latent + 1 mask + 4 masked-image latent channels
 
 # A1111 "Approx cheap" latent → RGB factors (sd_vae_approx.cheap_approximation), used when no TAESD is present.
 CHEAP_APPROX = {
@@ -76,11 +84,18 @@ class EngineModel:
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.components.vae.config.block_out_channels) - 1)
 
+    @property
+    def is_inpainting(self) -> bool:
+        """A 9-channel inpainting UNet: every job must condition it on a mask and a masked image (A1111 'hybrid')."""
+        return self.components.unet.config.in_channels == INPAINTING_UNET_CHANNELS
+
     def pipeline(self, task: str, scheduler: Any) -> Any:
-        """A fresh pipeline object for one job ('txt2img' or 'img2img') sharing this model's modules."""
+        """A fresh pipeline object for one job ('txt2img', 'img2img' or 'inpaint') sharing this model's modules."""
         if self.family == "sdxl-refiner":
             raise ValueError("an SDXL refiner checkpoint cannot generate on its own; load an SDXL base checkpoint")
-        class_name = PIPELINE_CLASSES[self.kind][0 if task == "txt2img" else 1]
+        if task not in PIPELINE_CLASSES[self.kind]:
+            raise ValueError(f"unknown pipeline task {task!r}; choose one of {', '.join(PIPELINE_CLASSES[self.kind])}")
+        class_name = PIPELINE_CLASSES[self.kind][task]
         parts = self.components
         kwargs: dict[str, Any] = dict(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
                                       unet=parts.unet, scheduler=scheduler)
@@ -91,6 +106,33 @@ class EngineModel:
         pipe = getattr(diffusers, class_name)(**kwargs)
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """VAE decode; an fp16 VAE that overflows (NaNs) is retried in fp32, the fix A1111 users wish they had."""
+        vae = self.components.vae
+        with torch.inference_mode():
+            decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+            if torch.isnan(decoded).any() and vae.dtype != torch.float32:
+                log.warning("VAE produced NaNs in %s; decoding again in float32", vae.dtype)
+                decoded = vae.float().decode(latents.float() / vae.config.scaling_factor).sample
+                vae.to(self.dtype)
+        pixels = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(array) for array in pixels]
+
+    def encode(self, images: list[Image.Image]) -> torch.Tensor:
+        """Pixels → UNet-space latents (the inverse of decode); images of one size."""
+        return self.encode_pixels(pixels_to_tensor(images))
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [-1, 1] → UNet-space latents [B, 4, H/8, W/8] (the distribution's mode × scaling)."""
+        vae = self.components.vae
+        with torch.inference_mode():
+            latents = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mode()
+            if torch.isnan(latents).any() and vae.dtype != torch.float32:
+                log.warning("VAE encoder produced NaNs in %s; encoding again in float32", vae.dtype)
+                latents = vae.float().encode(pixels.to(self.device, torch.float32)).latent_dist.mode()
+                vae.to(self.dtype)
+        return latents * vae.config.scaling_factor
 
     def preview(self, latents: torch.Tensor) -> Image.Image:
         """A quick RGB picture of UNet-space latents [1, 4, h, w] for the live preview."""
@@ -108,3 +150,9 @@ class EngineModel:
         array = (rgb.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
         return Image.fromarray(array)
 
+
+
+def pixels_to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """RGB images of one size → [B, 3, H, W] float32 in [-1, 1] (x / 127.5 − 1)."""
+    pixels = torch.stack([torch.from_numpy(np.array(image.convert("RGB"))) for image in images])
+    return pixels.permute(0, 3, 1, 2).float() / 127.5 - 1

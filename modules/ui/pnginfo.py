@@ -1,8 +1,9 @@
-"""The PNG Info tab: read the generation parameters (and other text chunks) of an image; send them to txt2img."""
+"""The PNG Info tab: read the generation parameters (and other text chunks) of an image; send the image and its
+parameters to txt2img, img2img, inpaint, outpaint or extras (the buttons are wired in modules/ui/__init__.py)."""
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from modules.engine.images import read_image_info
 from modules.engine.infotext import parse_infotext
+from modules.ui.send_to import PNGINFO_SEND_TARGETS
 
 
 @dataclass
@@ -18,7 +20,12 @@ class PngInfoTab:
     image: gr.Image
     info: gr.HTML
     infotext: gr.State  # the raw parameters text of the image shown, "" when it has none
-    send_to_txt2img: gr.Button
+    send_buttons: dict[str, gr.Button]  # send-to target id → "Send to ..." button
+
+    @property
+    def send_inputs(self) -> list[Any]:
+        """What a send button hands to `pick_for_sending`."""
+        return [self.image, self.infotext]
 
 
 def _section(title: str, body: str) -> str:
@@ -58,12 +65,17 @@ def build_pnginfo() -> PngInfoTab:
                              elem_id="pnginfo_image", height=480)
         with gr.Column():
             info = gr.HTML("", elem_id="pnginfo_html")
-            send = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
-    return PngInfoTab(image, info, gr.State(""), send)
+            with gr.Row():
+                buttons = {target: gr.Button(label, elem_id=f"pnginfo_send_{target}", min_width=100)
+                           for target, label in PNGINFO_SEND_TARGETS.items()}
+    return PngInfoTab(image, info, gr.State(""), buttons)
 
 
-def wire_pnginfo(tab: PngInfoTab, send: Callable[[str], dict[Any, Any]], send_outputs: list[Any]) -> None:
-    """`send(infotext)` returns the updates that fill txt2img (and switch to it); `send_outputs` are their targets."""
+def pick_for_sending(image: Image.Image | None, infotext: str) -> tuple[Image.Image | None, str]:
+    return image, infotext or ""
+
+
+def wire_pnginfo(tab: PngInfoTab) -> None:
     def show(image: Image.Image | None) -> tuple[str, str]:
         try:
             return image_info_html(image)
@@ -71,11 +83,4 @@ def wire_pnginfo(tab: PngInfoTab, send: Callable[[str], dict[Any, Any]], send_ou
             gr.Warning(f"Could not read the image's metadata: {error}")
             return "", ""
 
-    def send_to_txt2img(infotext: str) -> dict[Any, Any]:
-        if not infotext:
-            gr.Warning("This image has no generation parameters to send")
-            return {}
-        return send(infotext)
-
     tab.image.change(show, inputs=tab.image, outputs=[tab.info, tab.infotext], show_progress="hidden")
-    tab.send_to_txt2img.click(send_to_txt2img, inputs=tab.infotext, outputs=send_outputs)

@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from modules.engine.generate import HIRES_UPSCALERS
 from modules.engine.prompts import count_tokens
 from modules.engine.request import GenerationRequest, HiresOptions, RequestError
 from modules.jobs import Job
 from modules.models.manager import NoCheckpointError
+from modules.models.upscalers import hires_upscaler_choices
 from modules.ui.paste import PastedInfotext, paste_infotext
 
 if TYPE_CHECKING:
@@ -128,4 +128,5 @@ def submit_txt2img(app: App, values: dict[str, Any]) -> Job:
 def pasted_for_txt2img(app: App, text: str) -> PastedInfotext:
     settings = app.settings
     return paste_infotext(text, checkpoints=app.models.checkpoints, vae_choices=app.models.vae_choices(),
-                          hires_upscalers=HIRES_UPSCALERS, send_seed=settings.send_seed, send_size=settings.send_size)
+                          hires_upscalers=hires_upscaler_choices(app.upscalers), send_seed=settings.send_seed,
+                          send_size=settings.send_size)
