@@ -44,7 +44,7 @@ MASK_MODES = ("Inpaint masked", "Inpaint not masked")  # inpainting_mask_invert 
 
 @dataclass
 class InpaintOptions:
-    """What to repaint and how. The mask is white (or any non-black value) where the image is repainted."""
+    """What to repaint and how. The mask is white where the image is repainted (values > 128 count, as A1111)."""
 
     mask: Image.Image
     mask_blur_x: int = 4  # Gaussian blur of the mask edge, in pixels (A1111 "Mask blur"; the API may set x, y apart)
@@ -65,6 +65,31 @@ class Img2ImgOptions:
     inpaint: InpaintOptions | None = None
     initial_noise_multiplier: float = 1.0  # A1111 "Noise multiplier for img2img"
     source_label: str = "img2img"  # UI mode it came from ("img2img", "sketch", "inpaint", "outpaint", ...)
+
+
+# The A1111 ControlNet extension's names (API ints index these).
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+CONTROL_RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
+MAX_CONTROLNET_UNITS = 8
+
+
+@dataclass
+class ControlNetUnit:
+    """One enabled ControlNet unit (disabled units never reach the engine)."""
+
+    model: str  # a ControlNet id from models/ControlNet (name, or title with hash)
+    image: Image.Image | None = None  # None = the img2img input image
+    mask: Image.Image | None = None  # optional: where the control applies (inpaint-style units)
+    module: str = "none"  # preprocessor name ("none" = the image is already a control map)
+    weight: float = 1.0
+    guidance_start: float = 0.0  # fraction of the sampling steps where control starts / ends
+    guidance_end: float = 1.0
+    control_mode: int = 0  # index into CONTROL_MODES
+    resize_mode: int = 1  # index into CONTROL_RESIZE_MODES
+    processor_res: int = 512
+    threshold_a: float | None = None  # preprocessor-specific (canny: low threshold); None = its default
+    threshold_b: float | None = None
+    pixel_perfect: bool = False  # processor_res follows the generation size
 
 
 @dataclass
@@ -92,6 +117,8 @@ class GenerationRequest:
     vae: str | None = None  # None = the sd_vae setting
     hires: HiresOptions | None = None
     img2img: Img2ImgOptions | None = None  # set ⇒ an img2img / inpaint job (mode "img2img")
+    controlnet_units: list[ControlNetUnit] = field(default_factory=list)
+    extension_args: dict[str, Any] = field(default_factory=dict)  # always-on script / extension name → its args
     save_images: bool = True
     save_grid: bool = True
     mode: str = "txt2img"
@@ -126,6 +153,27 @@ class GenerationRequest:
             self._validate_hires(self.hires)
         if self.img2img is not None:
             self._validate_img2img(self.img2img)
+        if len(self.controlnet_units) > MAX_CONTROLNET_UNITS:
+            raise RequestError(f"at most {MAX_CONTROLNET_UNITS} ControlNet units, got {len(self.controlnet_units)}")
+        for index, unit in enumerate(self.controlnet_units):
+            self._validate_controlnet_unit(index, unit)
+
+    def _validate_controlnet_unit(self, index: int, unit: ControlNetUnit) -> None:
+        where = f"ControlNet unit {index}"
+        if not -2.0 <= unit.weight <= 2.0:
+            raise RequestError(f"{where}: weight must be between -2 and 2, got {unit.weight}")
+        if not 0.0 <= unit.guidance_start <= unit.guidance_end <= 1.0:
+            raise RequestError(f"{where}: need 0 <= guidance_start <= guidance_end <= 1, "
+                               f"got {unit.guidance_start}, {unit.guidance_end}")
+        if unit.control_mode not in range(len(CONTROL_MODES)):
+            raise RequestError(f"{where}: control_mode must be 0..2 ({', '.join(CONTROL_MODES)}), got {unit.control_mode}")
+        if unit.resize_mode not in range(len(CONTROL_RESIZE_MODES)):
+            raise RequestError(f"{where}: resize_mode must be 0..2 ({', '.join(CONTROL_RESIZE_MODES)}), "
+                               f"got {unit.resize_mode}")
+        if not 64 <= unit.processor_res <= MAX_SIZE:
+            raise RequestError(f"{where}: processor_res must be between 64 and {MAX_SIZE}, got {unit.processor_res}")
+        if unit.image is None and self.img2img is None:
+            raise RequestError(f"{where}: no control image (txt2img has no input image to fall back on)")
 
     def _validate_img2img(self, options: Img2ImgOptions) -> None:
         if not options.init_images:
