@@ -8,19 +8,24 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from modules.engine.images import ImageSaver
 from modules.engine.request import GenerationRequest
 from modules.jobs import Job, JobQueue
+from modules.models.embedding_files import EmbeddingRegistry
+from modules.models.lora_files import LoraRegistry, lora_roots
 from modules.models.manager import ModelManager
 from modules.models.registry import HashCache
 from modules.models.upscalers import UpscalerRegistry
 from modules.options import LaunchOptions
 from modules.paths import Paths
 from modules.settings import Settings, load_settings, save_settings
+
+if TYPE_CHECKING:
+    from modules.extensions.host import ExtensionHost
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,9 @@ class App:
     models: ModelManager
     jobs: JobQueue = field(init=False)
     upscalers: UpscalerRegistry = field(init=False)
+    embeddings: EmbeddingRegistry = field(init=False)  # textual inversion (issue 5)
+    loras: LoraRegistry = field(init=False)  # LoRA files and parsed-network cache (issue 5)
+    extensions: ExtensionHost = field(init=False)  # extension registry, hooks and scripts (issue 7)
     saver: ImageSaver = field(default_factory=ImageSaver)
     _settings: Settings = field(default_factory=Settings)
     _settings_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -56,9 +64,15 @@ class App:
     def settings(self) -> Settings:
         return self._settings
 
-    def submit(self, request: GenerationRequest, task_id: str | None = None) -> Job:
+    def submit(self, request: GenerationRequest, task_id: str | None = None, *,
+               series: tuple[int, int] = (0, 1)) -> Job:
         request.validate()
-        return self.jobs.submit(request, task_id)
+        return self.jobs.submit(request, task_id, series=series)
+
+    def add_extension_settings(self, defaults: dict[str, Any]) -> None:
+        """Register extension settings ("<extension>.<key>" → typed default); values saved earlier win."""
+        with self._settings_lock:
+            self._settings = self._settings.with_extension_defaults(defaults)
 
     def update_settings(self, changes: dict[str, Any]) -> Settings:
         """Validate, apply side effects (checkpoint / VAE switch), then save config.yaml atomically.
@@ -101,6 +115,7 @@ class App:
 
 
 def create_app(options: LaunchOptions, *, load_model: bool = True) -> App:
+    from modules.extensions.startup import create_extension_host  # imports processing (hooks, script outputs)
     from modules.processing import run_job  # the runner needs App; imported here to keep the module graph acyclic
 
     paths = Paths.from_args(options.data_dir, models_dir=options.models_dir, ckpt_dir=options.ckpt_dir,
@@ -114,10 +129,15 @@ def create_app(options: LaunchOptions, *, load_model: bool = True) -> App:
         torch.set_num_threads(max(os.cpu_count() or 1, 1))
     models = ModelManager(checkpoint_dirs=paths.ckpt_dirs, vae_dir=paths.vae_dir, preview_dirs=paths.taesd_dirs,
                           hash_cache=HashCache(paths.models_dir / ".hashes.json"), device=device, dtype=dtype,
-                          ram_limit=settings.sd_checkpoints_limit, low_memory=options.medvram or options.lowvram)
+                          ram_limit=settings.sd_checkpoints_limit, low_memory=options.medvram or options.lowvram,
+                          controlnet_dirs=paths.controlnet_roots(), annotator_dirs=(paths.models_dir / "annotators",),
+                          controlnet_cache_size=settings.control_net_model_cache_size)
     app = App(options=options, paths=paths, models=models, _settings=settings)
     app.upscalers = UpscalerRegistry(paths.esrgan_dir, device=device)
+    app.embeddings = EmbeddingRegistry(paths.embeddings_dir)  # reads the folder on first use
+    app.loras = LoraRegistry(lora_roots(paths.models_dir, paths.lora_dir))
     app.jobs = JobQueue(lambda job: run_job(app, job))
+    app.extensions = create_extension_host(app)  # after the queue: extensions get the app; failures are recorded
     log.info("device %s, precision %s", device, dtype)
     if load_model:
         app.load_initial_checkpoint()

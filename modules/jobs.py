@@ -59,11 +59,13 @@ class Job:
     """One queued request. Thread-safe: the worker updates it, request handlers read and cancel it."""
 
     def __init__(
-        self, request: GenerationRequest, task_id: str | None = None, action: Callable[[], Any] | None = None
+        self, request: GenerationRequest, task_id: str | None = None, action: Callable[[], Any] | None = None,
+        *, series: tuple[int, int] = (0, 1),
     ) -> None:
         self.id = task_id or uuid.uuid4().hex
         self.request = request
         self.action = action  # set for maintenance work (a model switch) that must not overlap generation
+        self.series = series  # (index, count): job `index` of a script's `count` jobs (X/Y/Z cells)
         self.state = JobState.QUEUED
         self.result: Any = None
         self.error: str | None = None
@@ -101,8 +103,10 @@ class Job:
 
     # --- StepObserver -------------------------------------------------------------------------------------
     def begin_pass(self, *, job_no: int, job_count: int, steps: int, label: str) -> None:
+        index, count = self.series  # a script's jobs: the progress counts the passes of all of them
         with self._lock:
-            self._job_no, self._job_count, self._step, self._steps = job_no, job_count, 0, steps
+            self._job_no, self._job_count = index * job_count + job_no, count * job_count
+            self._step, self._steps = 0, steps
             self._textinfo = label
 
     def on_step(self, step: int, latents: torch.Tensor) -> None:
@@ -161,8 +165,9 @@ class JobQueue:
         self._worker = threading.Thread(target=self._work, name="generation-worker", daemon=True)
         self._worker.start()
 
-    def submit(self, request: GenerationRequest, task_id: str | None = None) -> Job:
-        job = Job(request, task_id)
+    def submit(self, request: GenerationRequest, task_id: str | None = None, *,
+               series: tuple[int, int] = (0, 1)) -> Job:
+        job = Job(request, task_id, series=series)
         with self._lock:
             self._remember(job)
         self._queue.put(job)
@@ -236,3 +241,4 @@ class JobQueue:
                 job._finish(JobState.FAILED, error=f"{type(error).__name__}: {error}")
             finally:
                 self._current = None
+                job.preview_decoder = None  # a model's bound method: kept, it keeps evicted checkpoints in RAM

@@ -58,6 +58,12 @@ class Paths:
             styles_file=data / "styles.csv",
         )
 
+    def controlnet_roots(self) -> tuple[Path, ...]:
+        """ControlNet folders, A1111's order: models/ControlNet, --controlnet-dir, the extension's own models folder."""
+        roots = [self.models_dir / "ControlNet", self.controlnet_dir,
+                 self.data_dir / "extensions" / "sd-webui-controlnet" / "models"]
+        return tuple(dict.fromkeys(roots))
+
     def ensure_dirs(self) -> None:
         """Create the folders a fresh --data-dir lacks; never touches files."""
         for sub in MODEL_SUBFOLDERS:

@@ -12,6 +12,7 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from modules.api.docs import add_offline_docs
+from modules.api.extension_routes import install_extension_routes
 from modules.api.routes import install_api
 from modules.api.security import LOCAL_HOSTNAMES, MAX_BODY_BYTES, RequestGuard, parse_credentials
 from modules.engine.infotext import VERSION
@@ -42,6 +44,7 @@ def build_server(app: App) -> FastAPI:
     fastapi_app = FastAPI(title=TITLE, version=VERSION, docs_url=None, redoc_url=None)
     install_api(fastapi_app, app)
     add_offline_docs(fastapi_app)
+    install_extension_routes(fastapi_app, app)  # after the core routes, never over them
     # Off the LAN the Host header must name this machine (DNS rebinding); a LAN or share address is not known ahead.
     exposed = app.options.listen or app.options.share
     fastapi_app.add_middleware(RequestGuard, max_body_bytes=MAX_BODY_BYTES,
@@ -65,14 +68,20 @@ def mount_ui(fastapi_app: FastAPI, app: App) -> bool:
         fastapi_app, blocks, path="/", server_name=app.options.host, server_port=app.options.port,
         auth=parse_credentials(app.options.gradio_auth, "--gradio-auth") or None,
         allowed_paths=[str(app.paths.outputs_dir)], blocked_paths=[str(app.paths.config_file)],
-        max_file_size=MAX_BODY_BYTES)
+        max_file_size=MAX_BODY_BYTES, css_paths=app.extensions.static_files(".css") or None,
+        head=app.extensions.page_head() or None)  # extensions' add_static files
     return True
+
+
+# local port → public share address (raises when no link can be made, e.g. offline)
+TunnelOpener = Callable[[int], str]
 
 
 @dataclass
 class ServerHandle:
     server: uvicorn.Server
     thread: threading.Thread
+    share_thread: threading.Thread | None = None  # opens the --share link beside the running server
 
     @property
     def port(self) -> int:
@@ -120,18 +129,23 @@ def exposure_warnings(options: LaunchOptions) -> list[str]:
     return warnings
 
 
-def open_share_link(port: int) -> str | None:
-    """A Gradio share tunnel to the local port; without internet, say so and keep serving locally."""
+def gradio_tunnel(port: int) -> str:
+    """Gradio's FRP share tunnel (needs the internet: the Gradio API server, the frpc binary, the share server)."""
     from gradio import networking
 
+    return networking.setup_tunnel(local_host="127.0.0.1", local_port=port, share_token=secrets.token_urlsafe(32),
+                                   share_server_address=None, share_server_tls_certificate=None)
+
+
+def open_share_link(port: int, tunnel: TunnelOpener | None = None) -> str | None:
+    """A share tunnel to the local port; without internet, say so clearly and keep serving locally."""
     try:
-        address = networking.setup_tunnel(local_host="127.0.0.1", local_port=port,
-                                          share_token=secrets.token_urlsafe(32), share_server_address=None,
-                                          share_server_tls_certificate=None)
+        address = (tunnel or gradio_tunnel)(port)
     except Exception as error:  # offline, DNS, frpc binary download, certificate write: all mean "no link"
         cause = error.__cause__ or error
         print(f"--share needs an internet connection: could not create a share link ({type(cause).__name__}: "
-              f"{cause}). The server keeps running locally.", flush=True)
+              f"{cause}). The server keeps running locally at http://127.0.0.1:{port}", flush=True)
+        log.warning("no share link: %s: %s", type(cause).__name__, cause)
         return None
     url = urlunsplit(("https", *urlsplit(address)[1:]))  # the tunnel serves TLS (as gradio's own launch rewrites it)
     print(f"Running on public URL: {url}", flush=True)
@@ -145,16 +159,26 @@ def close_share_links() -> None:
         tunnel.kill()
 
 
-def serve(app: App) -> None:
-    """Serve until Ctrl+C or SIGTERM; prints the URL once the socket is bound."""
+def start(app: App, *, tunnel: TunnelOpener | None = None, log_level: str = "info") -> ServerHandle:
+    """Warn about exposure, start serving, print the URL, and open the share link (if asked) on its own thread:
+    a share link that cannot be made never stops the local server."""
     options = app.options
     for warning in exposure_warnings(options):
         log.warning("SECURITY: %s", warning)
-    handle = start_server(build_server(app), options.host, options.port)
+    handle = start_server(build_server(app), options.host, options.port, log_level=log_level)
     print(f"Running on local URL:  {handle.url}" + ("  (listening on all interfaces)" if options.listen else ""),
           flush=True)
     if options.share:
-        threading.Thread(target=open_share_link, args=(handle.port,), name="share-tunnel", daemon=True).start()
+        handle.share_thread = threading.Thread(target=open_share_link, args=(handle.port, tunnel),
+                                               name="share-tunnel", daemon=True)
+        handle.share_thread.start()
+    return handle
+
+
+def serve(app: App) -> None:
+    """Serve until Ctrl+C or SIGTERM; prints the URL once the socket is bound."""
+    options = app.options
+    handle = start(app)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: setattr(handle.server, "should_exit", True))
     try:

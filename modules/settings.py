@@ -19,6 +19,9 @@ class SettingsError(ValueError):
     """A setting name is unknown or its value has the wrong type."""
 
 
+EXTENSION_KEY_SEPARATOR = "."  # extension settings are "<extension>.<key>", apart from A1111's names
+
+
 @dataclass
 class Settings:
     """User-changeable options. Field names are A1111's option keys (the API exposes them as-is)."""
@@ -53,19 +56,65 @@ class Settings:
     ESRGAN_tile_overlap: int = 8
     upscaler_for_img2img: str = "None"  # resize modes that enlarge use this upscaler (None = Lanczos)
     save_init_img: bool = False
+    # Extra networks panel (cards in txt2img/img2img): what a LoRA card inserts when it has no preferred weight,
+    # and the text put between the prompt and an inserted tag (A1111 names and defaults)
+    extra_networks_default_multiplier: float = dataclasses.field(
+        default=1.0, metadata={"label": "Default multiplier for extra networks"})
+    extra_networks_add_text_separator: str = dataclasses.field(
+        default=" ", metadata={"label": "Extra networks separator: text inserted before a card's text in the prompt"})
+    # ControlNet (issue 6): A1111 extension names. Units per txt2img/img2img tab (UI, /controlnet/settings), and
+    # loaded ControlNet models kept in memory (read at start-up, as the extension's "requires restart").
+    control_net_unit_count: int = dataclasses.field(default=3, metadata={"label": "ControlNet unit number"})
+    control_net_model_cache_size: int = dataclasses.field(
+        default=2, metadata={"label": "ControlNet model cache size (requires restart)"})
+
+    # Extension settings (issue 7): "<extension>.<key>" → value, typed by the defaults the extension registers
+    # (with_extension_defaults); kept while the extension is off; flat beside the A1111 names in config.yaml and
+    # /options.
+    extension_values: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"internal": True})
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every setting, flat: the A1111 names, then the extension keys."""
+        return {**{f.name: getattr(self, f.name) for f in setting_fields()}, **self.extension_values}
+
+    def value(self, key: str) -> Any:
+        """One setting by its A1111 name or "<extension>.<key>"."""
+        if key in self.extension_values:
+            return self.extension_values[key]
+        if key in {f.name for f in setting_fields()}:
+            return getattr(self, key)
+        raise SettingsError(f"unknown setting {key!r}")
 
     def updated(self, changes: dict[str, Any]) -> Settings:
         """A copy with `changes` applied; unknown keys or wrong types raise SettingsError."""
-        known = {f.name: f for f in fields(self)}
-        values = self.as_dict()
+        values = {f.name: getattr(self, f.name) for f in setting_fields()}
+        extension_values = dict(self.extension_values)
         for key, value in changes.items():
-            if key not in known:
+            if key in values:
+                values[key] = _coerce(key, value, type(getattr(self, key)))
+            elif key in extension_values:
+                extension_values[key] = _coerce(key, value, type(extension_values[key]))
+            else:
                 raise SettingsError(f"unknown setting {key!r}")
-            values[key] = _coerce(key, value, type(getattr(self, key)))
-        return Settings(**values)
+        return Settings(**values, extension_values=extension_values)
+
+    def with_extension_defaults(self, defaults: dict[str, Any]) -> Settings:
+        """Register extension settings: each key keeps its saved value when that fits the default's type."""
+        extension_values = dict(self.extension_values)
+        for key, default in defaults.items():
+            if EXTENSION_KEY_SEPARATOR not in key:
+                raise SettingsError(f"extension setting {key!r} must be named '<extension>.<key>'")
+            try:
+                extension_values[key] = _coerce(key, extension_values.get(key, default), type(default))
+            except SettingsError as error:
+                log.warning("config.yaml: %s; using the default %r", error, default)
+                extension_values[key] = default
+        return dataclasses.replace(self, extension_values=extension_values)
+
+
+def setting_fields() -> list[dataclasses.Field]:
+    """The fields named like A1111's options (not the extension-settings store)."""
+    return [f for f in fields(Settings) if not f.metadata.get("internal")]
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
@@ -95,11 +144,13 @@ def load_settings(path: Path) -> Settings:
         return Settings()
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path)) or {}
-        known = {f.name for f in fields(Settings)}
-        unknown = sorted(set(raw) - known)
+        known = {f.name for f in setting_fields()}
+        extension_values = {k: v for k, v in raw.items() if isinstance(k, str) and EXTENSION_KEY_SEPARATOR in k}
+        unknown = sorted(set(raw) - known - set(extension_values))
         if unknown:
             log.warning("config.yaml: ignoring unknown settings %s", unknown)
-        return Settings().updated({k: v for k, v in raw.items() if k in known})
+        settings = Settings().updated({k: v for k, v in raw.items() if k in known})
+        return dataclasses.replace(settings, extension_values=extension_values)
     except Exception as error:  # a corrupt file must not stop the app from starting
         backup = path.with_suffix(".yaml.bak")
         os.replace(path, backup)

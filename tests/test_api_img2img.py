@@ -155,24 +155,34 @@ def test_data_uri_images_and_infotext_are_accepted(server):
     assert request.img2img.denoising_strength == 0.35 and request.img2img.inpaint is not None
 
 
+def script_request(app, image: Image.Image, **fields):
+    """The request a selectable script (named in `fields`) runs: found, args parsed and checked as the API does."""
+    body = Img2ImgRequest.model_validate({**SMALL, "init_images": [png_b64(image)], **fields})
+    request = img2img_request(body, app)
+    script = app.extensions.find_script(body.script_name, "img2img")
+    return script.outpaint_request(request, app.extensions.prepare(script, body.script_args, request))
+
+
 def test_poor_mans_outpainting_by_name_with_positional_args(server):
     _, app = server
-    request = convert(app, noise_image(), script_name="POOR MAN'S OUTPAINTING", script_args=[32, 4, 1, ["left", "up"]],
-                      denoising_strength=0.6, batch_size=2)
+    request = script_request(app, noise_image(), script_name="POOR MAN'S OUTPAINTING",
+                             script_args=[32, 4, 1, ["left", "up"]], denoising_strength=0.6, batch_size=2)
     inpaint = request.img2img.inpaint
     assert (request.width, request.height, request.batch_size) == (96, 96, 1)
     assert (inpaint.masked_content, inpaint.mask_blur_x, inpaint.full_res) == ("original", 8, False)
     assert request.img2img.denoising_strength == 0.6
-    defaults = convert(app, noise_image(), script_name="Poor man's outpainting")  # A1111 UI defaults
+    defaults = script_request(app, noise_image(), script_name="Poor man's outpainting")  # A1111 UI defaults
     assert (defaults.width, defaults.height, defaults.img2img.inpaint.masked_content) == (320, 320, "fill")
-    labels = convert(app, noise_image(), script_name="Poor man's outpainting", script_args=[8.0, 2, "latent nothing"])
+    labels = script_request(app, noise_image(), script_name="Poor man's outpainting",
+                            script_args=[8.0, 2, "latent nothing"])
     assert labels.width == 80 and labels.img2img.inpaint.masked_content == "latent nothing"
 
 
 def test_scripts_are_listed_like_a1111(server):
     client, _ = server
-    assert client.get(f"{API}/scripts").json() == {"txt2img": [], "img2img": ["poor man's outpainting"]}
-    (info,) = client.get(f"{API}/script-info").json()
+    listed = client.get(f"{API}/scripts").json()
+    assert "poor man's outpainting" in listed["img2img"] and "poor man's outpainting" not in listed["txt2img"]
+    (info,) = [item for item in client.get(f"{API}/script-info").json() if item["name"] == "poor man's outpainting"]
     assert (info["name"], info["is_img2img"], info["is_alwayson"]) == ("poor man's outpainting", True, False)
     assert [arg["label"] for arg in info["args"]] == ["Pixels to expand", "Mask blur", "Masked content",
                                                       "Outpainting direction"]
@@ -203,7 +213,7 @@ BAD_REQUESTS = [
     ({"init_images": [GOOD], "mask_blur": 65}, "mask_blur"),
     ({"init_images": [GOOD], "denoising_strength": 1.5}, "denoising_strength"),
     ({"init_images": [GOOD], "script_name": "sd upscale"}, "Poor man's outpainting"),
-    ({"init_images": [GOOD], "alwayson_scripts": {"controlnet": {"args": []}}}, "controlnet"),
+    ({"init_images": [GOOD], "alwayson_scripts": {"no such script": {"args": []}}}, "no such script"),
     ({"init_images": [GOOD], "script_name": "Poor man's outpainting", "script_args": [8, 4, 0, ["north"]]},
      "direction"),
     ({"init_images": [GOOD], "script_name": "Poor man's outpainting", "script_args": [2000]}, "1024"),

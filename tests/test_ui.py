@@ -59,7 +59,7 @@ def test_build_ui_has_the_a1111_controls_and_only_built_tabs(app: App) -> None:
         assert elem_id in ids, elem_id
     tab_labels = {block.label for block in blocks.blocks.values()
                   if isinstance(block, gr.Tab) and (block.elem_id or "").startswith("tab_")}  # top level only
-    assert tab_labels == {"txt2img", "img2img", "Outpaint", "Extras", "PNG Info", "Settings"}
+    assert tab_labels == {"txt2img", "img2img", "Outpaint", "Extras", "Models", "PNG Info", "Settings", "Extensions"}
     # the settings tab hides what the top bar edits
     assert "setting_sd_model_checkpoint" in ids and "setting_samples_format" in ids
     assert not any(f.name in topbar.QUICK_SETTINGS for f in settings_tab.editable_fields())

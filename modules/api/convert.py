@@ -12,13 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from PIL import Image
 
 from modules.api.models import GenerationApiRequest, Img2ImgRequest, Txt2ImgRequest
-from modules.api.scripts import (
-    IMG2IMG_SCRIPTS,
-    TXT2IMG_SCRIPTS,
-    find_script,
-    reject_alwayson_scripts,
-    run_img2img_script,
-)
+from modules.api.scripts import alwayson_applied, check_script_name
 from modules.api.styles import apply_styles, read_styles
 from modules.engine.infotext import checkpoint_candidates, parse_infotext, request_fields_from_infotext
 from modules.engine.images import decode_image_base64
@@ -31,6 +25,7 @@ from modules.engine.request import (
     RequestError,
 )
 from modules.engine.samplers import resolve_sampler
+from modules.models.lora import check_request_loras
 from modules.models.manager import NoCheckpointError
 from modules.models.registry import UnknownModelError
 from modules.models.upscalers import resolve_hires_upscaler
@@ -67,27 +62,24 @@ def txt2img_request(body: Txt2ImgRequest, app: App) -> GenerationRequest:
     """Translate and validate; raises ValueError subclasses (→ HTTP 422) for anything the job could not run."""
     if body.infotext:
         body = with_infotext(body, app)
-    reject_unsupported_scripts(body)
+    check_script_name(app, body, "txt2img")  # the script itself runs when the job is submitted (api/scripts.py)
     width, height, hires = hires_options(body, app)
     request = common_request(body, app).replace(width=width, height=height, hires=hires, mode="txt2img")
-    return runnable_request(request, app)
+    return runnable_request(alwayson_applied(app, request, body, "txt2img"), app)
 
 
 def img2img_request(body: Img2ImgRequest, app: App) -> GenerationRequest:
-    """img2img / inpaint, or the request a selectable script makes of it; images are decoded (with limits) here."""
+    """img2img / inpaint (a selectable script starts from it); images are decoded (with limits) here."""
     if body.infotext:
         body = with_infotext(body, app)
-    script = find_script(body.script_name, IMG2IMG_SCRIPTS)
-    reject_alwayson_scripts(body.alwayson_scripts)
+    check_script_name(app, body, "img2img")
     if not body.init_images:
         raise RequestError("init_images: at least one base64 image is required")
     if body.latent_mask:
         log.info("img2img: latent_mask is not supported; ignored")
     options = img2img_options(body)
     request = common_request(body, app).replace(img2img=options, mode="img2img")
-    if script is not None:
-        request = run_img2img_script(script, body.script_args, request, options.init_images[0])
-    return runnable_request(request, app)
+    return runnable_request(alwayson_applied(app, request, body, "img2img"), app)
 
 
 def common_request(body: GenerationApiRequest, app: App) -> GenerationRequest:
@@ -111,6 +103,7 @@ def common_request(body: GenerationApiRequest, app: App) -> GenerationRequest:
 def runnable_request(request: GenerationRequest, app: App) -> GenerationRequest:
     request = with_loadable_checkpoint(request, app)
     request.validate()
+    check_request_loras(app.loras, app.models, request)  # unsupported or wrong-family LoRA → 422 before queueing
     return request
 
 
@@ -194,12 +187,6 @@ def per_request_overrides(settings: dict[str, Any], app: App) -> RequestOverride
     if ignored:
         log.info("txt2img: override_settings %s are not applied per request", ignored)
     return RequestOverrides(checkpoint=checkpoint, vae=vae, clip_skip=clip_skip)
-
-
-def reject_unsupported_scripts(body: Txt2ImgRequest) -> None:
-    """A1111 answers 422 for scripts it does not have; so do we (txt2img has no selectable scripts yet)."""
-    find_script(body.script_name, TXT2IMG_SCRIPTS)
-    reject_alwayson_scripts(body.alwayson_scripts)
 
 
 def with_loadable_checkpoint(request: GenerationRequest, app: App) -> GenerationRequest:

@@ -24,7 +24,9 @@ from modules.api.models import (
     ProgressState,
     Txt2ImgRequest,
 )
+from modules.api.scripts import submit_generation
 from modules.api.settings_routes import apply_options
+from modules.controlnet_units import detected_maps_to_send
 from modules.engine.images import decode_image_base64, encode_image_base64, read_image_info
 from modules.engine.infotext import parse_infotext
 from modules.engine.result import GenerationResult
@@ -63,6 +65,7 @@ def encode_result(app: App, body: GenerationApiRequest, result: GenerationResult
         info["index_of_first_image"] = 1
     if result.warnings:
         info["warnings"] = list(result.warnings)
+    pairs += [(image, None) for image in detected_maps_to_send(body.alwayson_scripts, result)]  # ControlNet maps last
     images = [encode_image_base64(image, settings.samples_format, text if settings.enable_pnginfo else None)
               for image, text in pairs] if body.send_images else []
     return ImageResponse(images=images, parameters=echoed_parameters(body), info=json.dumps(info, default=str))
@@ -97,7 +100,7 @@ def add_generation_routes(router: APIRouter, app: App) -> None:
         if body.override_settings and not body.override_settings_restore_afterwards:
             await run_in_threadpool(apply_options, app, body.override_settings)  # A1111 keeps them afterwards
         request = await run_in_threadpool(txt2img_request, body, app)
-        job = app.submit(request, task_id=body.force_task_id)
+        job = await run_in_threadpool(submit_generation, app, body, request, "txt2img")  # or its script_name
         result = await wait_for(job)  # None when an interrupt dropped it from the queue
         return await run_in_threadpool(encode_result, app, body, result)
 
@@ -108,7 +111,7 @@ def add_generation_routes(router: APIRouter, app: App) -> None:
         if body.override_settings and not body.override_settings_restore_afterwards:
             await run_in_threadpool(apply_options, app, body.override_settings)
         request = await run_in_threadpool(img2img_request, body, app)  # decodes the images: 422 before queueing
-        job = app.submit(request, task_id=body.force_task_id)
+        job = await run_in_threadpool(submit_generation, app, body, request, "img2img")
         result = await wait_for(job)
         return await run_in_threadpool(encode_result, app, body, result)
 

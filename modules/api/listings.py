@@ -13,14 +13,12 @@ from modules.api.models import (
     PromptStyleItem,
     SamplerItem,
     SchedulerItem,
-    ScriptInfo,
-    ScriptsList,
     UpscalerItem,
 )
-from modules.api.scripts import script_infos, scripts_list
 from modules.api.styles import read_styles
 from modules.engine.generate import LATENT_UPSCALE_MODES
 from modules.engine.samplers import sampler_list_for_api, schedule_list_for_api
+from modules.models.manager import NoCheckpointError
 from modules.models.upscalers import UpscalerRegistry
 
 if TYPE_CHECKING:
@@ -60,31 +58,43 @@ def add_listing_routes(router: APIRouter, app: App) -> None:
         return [PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
                 for s in read_styles(app.paths.styles_file)]
 
-    @router.get("/embeddings", response_model=EmbeddingsResponse, summary="Textual inversion embeddings")
-    def embeddings() -> EmbeddingsResponse:
-        return EmbeddingsResponse()
+    add_embedding_routes(router, app)
 
-    @router.get("/loras", response_model=list[LoraItem], summary="LoRA networks")
-    def loras() -> list[LoraItem]:
-        return []
+    add_lora_routes(router, app)
 
-    @router.get("/scripts", response_model=ScriptsList, summary="Selectable scripts (lower-case titles)")
-    def scripts() -> ScriptsList:
-        return scripts_list()
-
-    @router.get("/script-info", response_model=list[ScriptInfo], summary="Scripts and their positional script_args")
-    def script_info() -> list[ScriptInfo]:
-        return script_infos()
-
-    for path in ("/hypernetworks", "/face-restorers", "/realesrgan-models", "/extensions"):
+    for path in ("/hypernetworks", "/face-restorers", "/realesrgan-models"):
         router.add_api_route(path, _empty_list, methods=["GET"], summary="Not available in this server: []")
-    for path in ("/refresh-loras", "/refresh-embeddings"):
-        router.add_api_route(path, _nothing, methods=["POST"], summary="Rescan (nothing to rescan yet)")
+
+
+def add_embedding_routes(router: APIRouter, app: App) -> None:
+    """A1111 textual inversion listing (for the loaded checkpoint) and rescan."""
+
+    @router.get("/embeddings", response_model=EmbeddingsResponse,
+                summary="Textual inversion embeddings: loaded (fit the current model) and skipped (with the reason)")
+    def embeddings() -> EmbeddingsResponse:
+        try:
+            model = app.models.model
+        except NoCheckpointError:
+            model = None  # no model to check against: every readable file is listed as loaded
+        return EmbeddingsResponse(**app.embeddings.api_listing(model))
+
+    @router.post("/refresh-embeddings", summary="Rescan the embeddings folder")
+    def refresh_embeddings() -> None:
+        app.embeddings.refresh()
+
+
+def add_lora_routes(router: APIRouter, app: App) -> None:
+    """A1111's built-in Lora extension routes: the files as last scanned, and a rescan."""
+
+    @router.get("/loras", response_model=list[LoraItem], summary="LoRA files: name, alias, path, metadata")
+    def loras() -> list[LoraItem]:
+        return [LoraItem(name=entry.name, alias=entry.alias, path=str(entry.path), metadata=entry.metadata())
+                for entry in app.loras.entries]
+
+    @router.post("/refresh-loras", summary="Rescan models/Lora (and --lora-dir)")
+    def refresh_loras() -> None:
+        app.loras.refresh()
 
 
 def _empty_list() -> list[Any]:
     return []
-
-
-def _nothing() -> None:
-    return None

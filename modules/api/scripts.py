@@ -1,111 +1,69 @@
-"""Selectable scripts of the API (A1111 `script_name` + positional `script_args`): "Poor man's outpainting".
+"""Scripts over the API, as A1111 has them: /scripts and /script-info listings, `script_name` + positional
+`script_args` (a selectable script runs instead of the plain job), and `alwayson_scripts` ({name: {"args": [...]}}).
 
-A1111 lists scripts by their lower-cased title and matches `script_name` case-insensitively; a script_args list
-shorter than the script's arguments keeps the UI defaults for the rest, as A1111 does.
+The scripts themselves live in the extension registry (app.extensions): core scripts such as "Poor man's
+outpainting" and those of extensions. A1111 lists scripts by their lower-cased title and matches names in any case;
+script_args shorter than a script's arguments keep its defaults for the rest.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-from PIL import Image
+from fastapi import APIRouter
 
-from modules.api.models import ScriptArg, ScriptInfo, ScriptsList
-from modules.engine.outpaint import OUTPAINT_DIRECTIONS, poor_mans_outpainting_request
-from modules.engine.request import MASKED_CONTENT, GenerationRequest, RequestError
+from modules.api.models import GenerationApiRequest, ScriptArg, ScriptInfo, ScriptsList
+from modules.engine.request import GenerationRequest
+from modules.extensions.api import IMG2IMG, TABS, TXT2IMG, Script
+from modules.jobs import Job
 
-POOR_MANS_OUTPAINTING = "Poor man's outpainting"
-TXT2IMG_SCRIPTS: tuple[str, ...] = ()
-IMG2IMG_SCRIPTS: tuple[str, ...] = (POOR_MANS_OUTPAINTING,)
-
-
-@dataclass(frozen=True)
-class PoorMansArgs:
-    """A1111's script arguments in order, with its UI defaults."""
-
-    pixels: int = 128  # "Pixels to expand", 8..256 step 8 in A1111's UI
-    mask_blur: int = 4
-    inpainting_fill: int = 0  # index into MASKED_CONTENT ("fill")
-    directions: tuple[str, ...] = OUTPAINT_DIRECTIONS
+if TYPE_CHECKING:
+    from modules.app import App
 
 
-def scripts_list() -> ScriptsList:
-    return ScriptsList(txt2img=[title.lower() for title in TXT2IMG_SCRIPTS],
-                       img2img=[title.lower() for title in IMG2IMG_SCRIPTS])
+def scripts_list(app: App) -> ScriptsList:
+    """Selectable scripts per tab (always-on ones are not listed here, as in A1111)."""
+    return ScriptsList(**{tab: [script.name for script in app.extensions.scripts(tab, always_on=False)]
+                          for tab in TABS})
 
 
-def script_infos() -> list[ScriptInfo]:
-    """/sdapi/v1/script-info: one entry per script with its positional arguments (A1111 ScriptInfo shape)."""
-    defaults = PoorMansArgs()
-    arguments = [
-        ScriptArg(label="Pixels to expand", value=defaults.pixels, minimum=8, maximum=256, step=8),
-        ScriptArg(label="Mask blur", value=defaults.mask_blur, minimum=0, maximum=32, step=1),
-        ScriptArg(label="Masked content", value=MASKED_CONTENT[defaults.inpainting_fill], choices=list(MASKED_CONTENT)),
-        ScriptArg(label="Outpainting direction", value=list(defaults.directions), choices=list(OUTPAINT_DIRECTIONS)),
-    ]
-    return [ScriptInfo(name=POOR_MANS_OUTPAINTING.lower(), is_alwayson=False, is_img2img=True, args=arguments)]
+def script_arguments(script: Script) -> list[ScriptArg]:
+    return [ScriptArg(label=arg.label, value=list(arg.value) if isinstance(arg.value, tuple) else arg.value,
+                      minimum=arg.minimum, maximum=arg.maximum, step=arg.step,
+                      choices=list(arg.choices) if arg.choices is not None else None) for arg in script.args]
 
 
-def find_script(name: str | None, available: tuple[str, ...]) -> str | None:
-    """The script's title for `name` (any case); None when no script is asked for; RequestError when unknown."""
-    if not name:
-        return None
-    for title in available:
-        if title.lower() == name.strip().lower():
-            return title
-    listed = ", ".join(available) or "none"
-    raise RequestError(f"script {name!r} not found; available scripts: {listed}")
+def script_infos(app: App) -> list[ScriptInfo]:
+    """/sdapi/v1/script-info: one entry per script and tab it shows in (A1111 ScriptInfo shape)."""
+    return [ScriptInfo(name=script.name, is_alwayson=script.always_on, is_img2img=tab == IMG2IMG,
+                       args=script_arguments(script))
+            for tab in TABS for script in app.extensions.scripts(tab)]
 
 
-def reject_alwayson_scripts(alwayson_scripts: dict[str, Any]) -> None:
-    """A1111 answers 422 for always-on scripts it does not have; no always-on scripts are registered yet."""
-    if alwayson_scripts:
-        names = ", ".join(sorted(alwayson_scripts))
-        raise RequestError(f"always-on script(s) {names} not found; available: none")
+def check_script_name(app: App, body: GenerationApiRequest, tab: str) -> None:
+    """422 for an unknown script before any work (images are decoded after this)."""
+    if body.script_name and body.script_name.strip() not in ("", "None"):
+        app.extensions.find_script(body.script_name, tab)
 
 
-def run_img2img_script(title: str, script_args: list[Any], request: GenerationRequest,
-                       image: Image.Image) -> GenerationRequest:
-    """The request the script makes of the img2img request and its first init image."""
-    if title != POOR_MANS_OUTPAINTING:
-        raise RequestError(f"script {title!r} cannot run here")
-    args = poor_mans_args(script_args)
-    return poor_mans_outpainting_request(request, image, args.pixels, args.mask_blur, args.inpainting_fill,
-                                         list(args.directions))
+def alwayson_applied(app: App, request: GenerationRequest, body: GenerationApiRequest, tab: str) -> GenerationRequest:
+    """The request after the always-on scripts the body names; unknown names or bad args raise (→ 422)."""
+    if not body.alwayson_scripts:
+        return request
+    return app.extensions.apply_alwayson(request, body.alwayson_scripts, tab)
 
 
-def poor_mans_args(values: list[Any]) -> PoorMansArgs:
-    """Positional [pixels, mask_blur, inpainting_fill, directions]; missing trailing ones keep the defaults."""
-    if len(values) > 4:
-        raise RequestError(f"Poor man's outpainting takes 4 script_args (pixels, mask_blur, inpainting_fill, "
-                           f"direction), got {len(values)}")
-    defaults = PoorMansArgs()
-    given = list(values) + [None] * (4 - len(values))
-    pixels = defaults.pixels if given[0] is None else _whole_number(given[0], "pixels")
-    mask_blur = defaults.mask_blur if given[1] is None else _whole_number(given[1], "mask_blur")
-    fill = defaults.inpainting_fill if given[2] is None else _masked_content_index(given[2])
-    directions = defaults.directions if given[3] is None else _directions(given[3])
-    return PoorMansArgs(pixels, mask_blur, fill, directions)
+def submit_generation(app: App, body: GenerationApiRequest, request: GenerationRequest, tab: str) -> Job:
+    """Queue the job, or start the selected script on the request (its args are checked here: 422)."""
+    return app.extensions.submit(request, tab, script_name=body.script_name, script_args=body.script_args,
+                                 task_id=body.force_task_id)
 
 
-def _whole_number(value: Any, name: str) -> int:
-    # JSON numbers may arrive as 64.0; booleans are ints in Python but not a pixel count.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-        raise RequestError(f"Poor man's outpainting {name} must be a whole number, got {value!r}")
-    return int(value)
+def add_script_routes(router: APIRouter, app: App) -> None:
+    @router.get("/scripts", response_model=ScriptsList, summary="Selectable scripts (lower-case titles)")
+    def scripts() -> ScriptsList:
+        return scripts_list(app)
 
+    @router.get("/script-info", response_model=list[ScriptInfo], summary="Scripts and their positional script_args")
+    def script_info() -> list[ScriptInfo]:
+        return script_infos(app)
 
-def _masked_content_index(value: Any) -> int:
-    """A1111 sends the radio's index; a label ("original") is accepted too."""
-    if isinstance(value, str) and value.strip().lower() in MASKED_CONTENT:
-        return MASKED_CONTENT.index(value.strip().lower())
-    return _whole_number(value, "inpainting_fill")
-
-
-def _directions(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise RequestError(f"Poor man's outpainting direction must be a list of {', '.join(OUTPAINT_DIRECTIONS)}, "
-                           f"got {value!r}")
-    return tuple(item.strip().lower() for item in value)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from modules.engine import controlnet as controlnet_stage
 from modules.engine import img2img as img2img_stage
 from modules.engine import infotext as infotext_format
 from modules.engine.model import EngineModel
@@ -56,6 +57,7 @@ class EngineOptions:
     inpainting_mask_weight: float = 1.0  # 9-channel UNets: how much of the source the mask hides (A1111)
     mask_apply_overlay: bool = True  # inpaint: composite the result over the source through the blurred mask
     img2img_upscaler: str = "None"  # enlarges init images through pixel_upscale (A1111 upscaler_for_img2img)
+    controlnet: controlnet_stage.ControlNetServices | None = None  # ControlNet models and preprocessors (issue 6)
 
 
 @dataclass
@@ -71,12 +73,16 @@ class GenerationPlan:
     prompt: str  # extra-network tags removed
     options: EngineOptions
     warnings: list[str] = field(default_factory=list)
+    control: controlnet_stage.ControlPlan | None = None  # ControlNet units, preprocessed (None: no units)
 
 
 def generate(model: EngineModel, request: GenerationRequest, *, observer: StepObserver | None = None,
              options: EngineOptions = EngineOptions()) -> GenerationResult:
     observer = observer or NullObserver()
     plan = plan_generation(request, options)
+    # the extension seeds its random preprocessors (shuffle) with seed + subseed
+    plan.control = controlnet_stage.prepare_control(model, plan.request, options.controlnet,
+                                                    seed=(plan.seeds[0] + plan.subseeds[0]) & 0xFFFFFFFF)
     if request.hires is not None and model.is_inpainting:
         raise ValueError("hires fix does not run on an inpainting checkpoint yet; use a regular checkpoint")
     images: list[Image.Image] = []
@@ -128,7 +134,7 @@ def sample_batch(model: EngineModel, plan: GenerationPlan, seeds: list[int], sub
     observer.begin_pass(job_no=pass_no, job_count=job_count, steps=request.steps, label=f"Batch {batch_no + 1}")
     latents = run_pipeline(pipe, model, schedule, request, observer, batch=len(seeds), steps=request.steps,
                            latents=noise.to(model.device, model.dtype), output_type="latent",
-                           width=request.width, height=request.height, **conditioning)
+                           width=request.width, height=request.height, control=plan.control, **conditioning)
     if request.hires is not None and not observer.interrupted():
         latents = hires_pass(model, plan, latents, seeds, pass_no + 1, job_count, observer)
     return model.decode(latents)
@@ -154,7 +160,7 @@ def img2img_batch(model: EngineModel, plan: GenerationPlan, seeds: list[int], su
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]  # ancestral samplers' step noise
     latents = run_pipeline(pipe, model, schedule, request, observer, batch=len(seeds), steps=batch.steps.total,
                            strength=batch.steps.strength, generator=generators, output_type="latent",
-                           width=request.width, height=request.height, **batch.inputs)
+                           width=request.width, height=request.height, control=plan.control, **batch.inputs)
     return img2img_stage.finish(batch, model.decode(latents), apply_overlay=options.mask_apply_overlay)
 
 
@@ -200,11 +206,12 @@ def hires_pass(model: EngineModel, plan: GenerationPlan, latents: torch.Tensor, 
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     return run_pipeline(pipe, model, schedule, request, observer, batch=len(seeds), steps=total, image=image,
                         strength=hires.denoising_strength, generator=generators, output_type="latent",
-                        width=width, height=height)
+                        width=width, height=height, control=plan.control and plan.control.for_hires())
 
 
 def run_pipeline(pipe: Any, model: EngineModel, schedule: PromptSchedule, request: GenerationRequest,
-                 observer: StepObserver, *, batch: int, steps: int, width: int, height: int, **call: Any) -> torch.Tensor:
+                 observer: StepObserver, *, batch: int, steps: int, width: int, height: int,
+                 control: controlnet_stage.ControlPlan | None = None, **call: Any) -> torch.Tensor:
     """One diffusers call with our embeddings; prompt-editing changes and interrupts happen in the step callback."""
     use_cfg = request.cfg_scale > 1.0  # the pipelines skip the negative branch at cfg <= 1
     cond, uncond = schedule.at(0)
@@ -223,7 +230,7 @@ def run_pipeline(pipe: Any, model: EngineModel, schedule: PromptSchedule, reques
         return tensors
 
     extra = {"original_size": (height, width), "target_size": (height, width)} if model.kind == "sdxl" else {}
-    with torch.inference_mode():
+    with torch.inference_mode(), controlnet_stage.attach(pipe, control, width=width, height=height):
         output = pipe(num_inference_steps=steps, guidance_scale=request.cfg_scale, width=width, height=height,
                       callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=tensor_inputs,
                       **embeds, **extra, **call)
@@ -263,7 +270,8 @@ def describe(model: EngineModel, plan: GenerationPlan, images: list[Image.Image]
     result = GenerationResult(
         request=request, images=images, infotexts=infotexts, seeds=plan.seeds[:count], subseeds=plan.subseeds[:count],
         prompts=[request.prompt] * count, negative_prompts=[request.negative_prompt] * count,
-        warnings=list(plan.warnings), interrupted=interrupted)
+        warnings=list(plan.warnings), interrupted=interrupted,
+        detected_maps=plan.control.detected_maps() if plan.control else [])
     result.info = a1111_info(model, plan, result)
     return result
 
@@ -298,6 +306,7 @@ def infotext_params(model: EngineModel, plan: GenerationPlan, index: int) -> dic
         params.update(img2img_stage.infotext_params(request.img2img, noise_multiplier(plan)))
     if plan.options.emphasis != "Original" and any(c in request.prompt + request.negative_prompt for c in "()[]"):
         params["Emphasis"] = plan.options.emphasis
+    params.update(plan.control.infotext if plan.control else {})
     params.update(request.extra_params)
     params["Version"] = plan.options.version
     return params
@@ -330,7 +339,7 @@ def a1111_info(model: EngineModel, plan: GenerationPlan, result: GenerationResul
         "seed_resize_from_w": request.seed_resize_from_w or -1, "seed_resize_from_h": request.seed_resize_from_h or -1,
         "denoising_strength": denoising_strength(request),
         "extra_generation_params": {k: v for k, v in infotext_params(model, plan, 0).items()
-                                    if k in EXTRA_GENERATION_PARAMS and v is not None},
+                                    if (k in EXTRA_GENERATION_PARAMS or k.startswith("ControlNet ")) and v is not None},
         "index_of_first_image": 0, "infotexts": result.infotexts, "styles": request.styles,
         "job_timestamp": "", "clip_skip": plan.clip_skip, "is_using_inpainting_conditioning": model.is_inpainting,
         "version": plan.options.version,

@@ -4,6 +4,8 @@ We build ``prompt_embeds`` ourselves instead of calling ``pipe.encode_prompt``: 
 on transformers 5 (flattened ``CLIPTextModel``) and no library implements A1111's syntax. Per text:
 parse (prompt_parser) → 77-token chunks with weights (prompt_chunks) → encoder per chunk → emphasis →
 chunks concatenated on the sequence axis. Encoder outputs are cached per chunk in an LRU owned by each PromptEncoder.
+Textual-inversion embeddings (``set_embeddings``) replace their names' tokens with their vectors
+(``textual_inversion.py``); emphasis weights apply to those vectors like to any token.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 
 from modules.engine.prompt_chunks import PromptChunk, count_tokens, tokenize_prompt
 from modules.engine.prompt_parser import get_prompt_schedule, strip_comments, strip_extra_network_tags
+from modules.engine.textual_inversion import CLIP_G, CLIP_L, SINGLE, EmbeddingLookup, fixes_key, substituted_vectors
 
 __all__ = ["Conditioning", "PromptEncoder", "PromptSchedule", "TextEncoderSet", "count_tokens"]
 
@@ -39,6 +42,17 @@ class TextEncoderSet:
     def encoder_pairs(self) -> list[tuple[Any, Any]]:
         pairs = [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)]
         return [(tokenizer, encoder) for tokenizer, encoder in pairs if encoder is not None]
+
+    def vector_keys(self) -> list[str]:
+        """Per encoder of ``encoder_pairs()``, the key of its vectors in a textual-inversion embedding."""
+        if self.kind != "sdxl":
+            return [SINGLE]
+        keyed = ((CLIP_L, self.text_encoder), (CLIP_G, self.text_encoder_2))
+        return [key for key, encoder in keyed if encoder is not None]
+
+    def vector_widths(self) -> dict[str, int]:
+        """Embedding vector key → the width its vectors need (the encoder's hidden size)."""
+        return {key: encoder.config.hidden_size for key, (_, encoder) in zip(self.vector_keys(), self.encoder_pairs())}
 
     @property
     def chunk_tokenizer(self) -> Any:
@@ -154,9 +168,10 @@ class _EncodedText:
 class PromptEncoder:
     """Turns (prompt, negative prompt) into a PromptSchedule for one model's text encoders.
 
-    Encoder outputs are cached per (encoder, clip skip, chunk tokens, weights, emphasis, weights_key) in an LRU
-    of ``cache_size`` chunks. Pass a ``weights_key`` to ``schedule`` that changes whenever the text encoders'
-    weights change (e.g. the active LoRAs with their TE weights), or call ``clear_cache()``.
+    Encoder outputs are cached per (encoder, clip skip, chunk tokens, weights, emphasis, weights_key, embeddings
+    in the chunk) in an LRU of ``cache_size`` chunks. Pass a ``weights_key`` to ``schedule`` that changes whenever
+    the text encoders' weights change (e.g. the active LoRAs with their TE weights), or call ``clear_cache()``.
+    ``set_embeddings`` chooses the textual-inversion embeddings used from then on.
     """
 
     def __init__(self, encoders: TextEncoderSet, *, cache_size: int = 128) -> None:
@@ -167,9 +182,14 @@ class PromptEncoder:
         self.encoders = encoders
         self.cache_size = cache_size
         self._cache: OrderedDict[Hashable, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
+        self.embeddings: EmbeddingLookup | None = None
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+    def set_embeddings(self, embeddings: EmbeddingLookup | None) -> None:
+        """Embeddings whose names the prompts may use (built for this model's tokenizer; None = none)."""
+        self.embeddings = embeddings
 
     def schedule(
         self,
@@ -191,15 +211,16 @@ class PromptEncoder:
         negative_text = strip_comments(negative_prompt)
         positive = get_prompt_schedule(positive_text, steps, hires_steps)
         negative = get_prompt_schedule(negative_text, steps, hires_steps)
+        embeddings = self.embeddings  # read once: a job sees one embedding set throughout
         with torch.inference_mode():
             encoded = {
-                text: self._encode_text(text, clip_skip, emphasis, weights_key)
+                text: self._encode_text(text, clip_skip, emphasis, weights_key, embeddings)
                 for text in dict.fromkeys(text for _, text in positive + negative)
             }
             chunk_count = max(len(item.chunks) for item in encoded.values())
             empty_chunk = None
             if any(len(item.chunks) < chunk_count for item in encoded.values()):
-                empty_chunk = self._encode_text("", clip_skip, emphasis, weights_key).chunks[0]
+                empty_chunk = self._encode_text("", clip_skip, emphasis, weights_key, None).chunks[0]
         zero_negative = self.encoders.kind == "sdxl" and all(text == "" for _, text in negative)
 
         def pad(item: _EncodedText) -> Conditioning:
@@ -215,8 +236,9 @@ class PromptEncoder:
         total = hires_steps if hires_steps is not None else steps
         return PromptSchedule(total, _change_steps(positive, negative, total), positive_entries, negative_entries)
 
-    def _encode_text(self, text: str, clip_skip: int, emphasis: str, weights_key: Hashable) -> _EncodedText:
-        chunks, _ = tokenize_prompt(text, self.encoders.chunk_tokenizer, emphasis=emphasis)
+    def _encode_text(self, text: str, clip_skip: int, emphasis: str, weights_key: Hashable,
+                     embeddings: EmbeddingLookup | None) -> _EncodedText:
+        chunks, _ = tokenize_prompt(text, self.encoders.chunk_tokenizer, emphasis=emphasis, embeddings=embeddings)
         encoded = [self._encode_chunk(chunk, clip_skip, emphasis, weights_key) for chunk in chunks]
         return _EncodedText([z for z, _ in encoded], encoded[0][1])  # pooled from the FIRST chunk (A1111)
 
@@ -226,8 +248,9 @@ class PromptEncoder:
         """[1, 77, D] (SDXL: both encoders concatenated on the last axis) and the pooled output or None."""
         sdxl = self.encoders.kind == "sdxl"
         outputs = [
-            self._encode_chunk_with(slot, tokenizer, encoder, chunk, clip_skip, emphasis, weights_key, sdxl)
-            for slot, (tokenizer, encoder) in enumerate(self.encoders.encoder_pairs())
+            self._encode_chunk_with(slot, tokenizer, encoder, vector_key, chunk, clip_skip, emphasis, weights_key, sdxl)
+            for slot, ((tokenizer, encoder), vector_key)
+            in enumerate(zip(self.encoders.encoder_pairs(), self.encoders.vector_keys()))
         ]
         device = outputs[0][0].device
         z = torch.cat([z.to(device) for z, _ in outputs], dim=-1)
@@ -239,19 +262,22 @@ class PromptEncoder:
         slot: int,
         tokenizer: Any,
         encoder: Any,
+        vector_key: str,
         chunk: PromptChunk,
         clip_skip: int,
         emphasis: str,
         weights_key: Hashable,
         sdxl: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        key = (slot, clip_skip, tuple(chunk.tokens), tuple(chunk.multipliers), emphasis, weights_key)
+        key = (slot, clip_skip, tuple(chunk.tokens), tuple(chunk.multipliers), emphasis, weights_key,
+               fixes_key(chunk.fixes))
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         device = encoder.device
         input_ids = torch.tensor([encoder_input_ids(chunk, tokenizer)], device=device)
-        z, pooled = run_encoder(encoder, input_ids, clip_skip, sdxl)
+        with substituted_vectors(encoder, chunk.fixes, vector_key):
+            z, pooled = run_encoder(encoder, input_ids, clip_skip, sdxl)
         z = apply_emphasis(z, torch.tensor(chunk.multipliers, device=device), emphasis)
         self._cache[key] = (z, pooled)
         if len(self._cache) > self.cache_size:

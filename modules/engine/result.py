@@ -24,6 +24,7 @@ class GenerationResult:
     info: dict[str, Any] = field(default_factory=dict)  # A1111's `info` object (JSON-serialisable)
     warnings: list[str] = field(default_factory=list)
     interrupted: bool = False
+    detected_maps: list[Image.Image | None] = field(default_factory=list)  # per ControlNet unit (None: skipped)
 
     @property
     def first_infotext(self) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -95,14 +95,22 @@ def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 def read_pickled_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """``torch.load`` restricted to tensors and plain containers: a pickle with code is refused."""
+    return unwrap_state_dict(load_weights_only(path), path)
+
+
+def load_weights_only(path: Path, stand_ins: Sequence[tuple[type, str]] = ()) -> Any:
+    """The one ``torch.load`` of the app: weights-only (tensors and plain containers; a pickle with code is
+    refused). ``stand_ins``: (inert class, qualified name) pairs allowed for this call only, e.g. an old
+    container class whose state is plain data (security notes §2.3)."""
     try:
-        try:
-            loaded = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            # legacy (pre-zip) torch files cannot be memory-mapped; still weights-only
-            loaded = torch.load(path, weights_only=True, map_location="cpu")
+        with torch.serialization.safe_globals(list(stand_ins)):
+            try:
+                loaded = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+            except RuntimeError as error:
+                if "mmap" not in str(error):
+                    raise
+                # legacy (pre-zip) torch files cannot be memory-mapped; still weights-only
+                loaded = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
         raise CheckpointLoadError(
             f"{path.name}: refused, the pickle contains objects other than tensors (only weights-only loading "
@@ -110,7 +118,7 @@ def read_pickled_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]
         ) from error
     except (OSError, RuntimeError, EOFError) as error:
         raise CheckpointLoadError(f"{path.name}: cannot read the checkpoint ({error})") from error
-    return unwrap_state_dict(loaded, path)
+    return loaded
 
 
 def unwrap_state_dict(loaded: Any, path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:

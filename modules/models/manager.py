@@ -14,7 +14,7 @@ import gc
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ from torch import nn
 
 from modules.engine.model import EngineModel
 from modules.models import loader
+from modules.models.annotators import Annotators
+from modules.models.controlnets import ControlNetCache
 from modules.models.detect import detect_family, with_prediction_type
 from modules.models.previews import find_taesd_decoder, load_taesd_decoder
 from modules.models.registry import HashCache, ModelFile, UnknownModelError, find_model, scan_checkpoints, scan_vaes
@@ -31,10 +33,21 @@ from modules.models.registry import HashCache, ModelFile, UnknownModelError, fin
 log = logging.getLogger(__name__)
 
 COMPONENT_NAMES = ("unet", "vae", "text_encoder", "text_encoder_2")
+SWITCH_HISTORY = 20  # switches remembered for the Models tab
 
 
 class NoCheckpointError(RuntimeError):
     """Generation was asked for while no checkpoint exists or is loaded."""
+
+
+@dataclass(frozen=True)
+class SwitchRecord:
+    """One checkpoint switch: how long it took and whether the weights came from the RAM cache or the disk."""
+
+    title: str
+    seconds: float
+    source: str  # "ram" or "disk"
+    finished_at: float  # time.time()
 
 
 @dataclass
@@ -96,6 +109,9 @@ class ModelManager:
         dtype: torch.dtype,
         ram_limit: int = 2,
         low_memory: bool = False,
+        controlnet_dirs: tuple[Path, ...] = (),
+        annotator_dirs: tuple[Path, ...] = (),
+        controlnet_cache_size: int = 2,
     ) -> None:
         self._checkpoint_dirs = checkpoint_dirs
         self._vae_dir = vae_dir
@@ -115,6 +131,13 @@ class ModelManager:
         self.checkpoints: list[ModelFile] = []
         self.vaes: list[ModelFile] = []
         self.last_switch_seconds: float | None = None
+        # Models tab: checkpoints kept in RAM regardless of the LRU limit (this session only), switch times
+        self._pinned: set[Path] = set()
+        self._switch_seconds: dict[Path, float] = {}
+        self.switch_history: deque[SwitchRecord] = deque(maxlen=SWITCH_HISTORY)
+        # ControlNet (issue 6): ControlNet networks and preprocessor weights are owned here too
+        self.controlnets = ControlNetCache(controlnet_dirs, device=device, dtype=dtype, limit=controlnet_cache_size)
+        self.annotators = Annotators(annotator_dirs, device=device)
         self.refresh()
 
     # --- listing ------------------------------------------------------------------------------------------
@@ -167,6 +190,7 @@ class ModelManager:
             if self._resident is not None and self._resident.entry.path == entry.path:
                 return entry
             started = time.perf_counter()
+            source = "ram" if entry.path in self._ram else "disk"
             cached = self._cached(entry)
             if self.device.type == "cpu":
                 self._live = cached.components
@@ -186,7 +210,7 @@ class ModelManager:
                 self._model.components.unet.set_attention_slice("auto")
                 self._model.components.vae.enable_tiling()
             self._evict_over_limit()
-            self.last_switch_seconds = time.perf_counter() - started
+            self._record_switch(entry, time.perf_counter() - started, source)
             log.info("checkpoint %s ready in %.2f s", entry.title, self.last_switch_seconds)
             return entry
 
@@ -196,6 +220,8 @@ class ModelManager:
             self._model = self._live = self._resident = None
             self._ram.clear()
             self._vae_cache.clear()
+            self.controlnets.clear()
+            self.annotators.unload()
             self._free_memory()
 
     def reload(self) -> ModelFile | None:
@@ -301,9 +327,10 @@ class ModelManager:
             self._evict_over_limit()
 
     def _evict_over_limit(self) -> None:
+        """Drop least recently used checkpoints over the limit; the resident and pinned ones always stay."""
         limit = max(1, self.ram_limit)
         resident = self._resident.entry.path if self._resident else None
-        evictable = [path for path in self._ram if path != resident]  # least recently used first
+        evictable = [path for path in self._ram if path != resident and path not in self._pinned]  # LRU first
         doomed = evictable[:max(len(self._ram) - limit, 0)]
         for path in doomed:
             del self._ram[path]
@@ -318,7 +345,49 @@ class ModelManager:
     def memory_stats(self) -> dict:
         return {"ram_cached": [cached.entry.title for cached in self._ram.values()],
                 "resident": self._resident.entry.title if self._resident else None,
+                "pinned": sorted(entry.title for entry in self.checkpoints if entry.path in self._pinned),
                 "last_switch_seconds": self.last_switch_seconds}
 
+    # --- Models tab: keep in RAM, unload one checkpoint, switch times ---------------------------------------
+    def is_pinned(self, entry: ModelFile) -> bool:
+        return entry.path in self._pinned
 
-__all__ = ["ModelManager", "NoCheckpointError", "UnknownModelError"]
+    def keep_in_ram(self, query: str, keep: bool = True) -> ModelFile:
+        """Pin a checkpoint in the RAM cache (read now if needed; never evicted) or unpin it (evictable again)."""
+        with self._lock:
+            entry = self.find_checkpoint(query)
+            if keep:
+                self._pinned.add(entry.path)
+                self._cached(entry)
+            else:
+                self._pinned.discard(entry.path)
+            self._evict_over_limit()
+            return entry
+
+    def unload_checkpoint(self, query: str) -> ModelFile:
+        """Free one checkpoint from RAM (and from the device when resident); it is unpinned too."""
+        with self._lock:
+            entry = self.find_checkpoint(query)
+            self._pinned.discard(entry.path)
+            if self._resident is not None and self._resident.entry.path == entry.path:
+                self._model = self._live = self._resident = None
+            self._ram.pop(entry.path, None)
+            self._free_memory()
+            return entry
+
+    def cached_family(self, entry: ModelFile) -> str | None:
+        """The family of a checkpoint held in RAM (known without reading the file), else None."""
+        cached = self._ram.get(entry.path)
+        return cached.components.info.family if cached else None
+
+    def last_switch_for(self, entry: ModelFile) -> float | None:
+        """Seconds the most recent switch to this checkpoint took (None if never loaded this session)."""
+        return self._switch_seconds.get(entry.path)
+
+    def _record_switch(self, entry: ModelFile, seconds: float, source: str) -> None:
+        self.last_switch_seconds = seconds
+        self._switch_seconds[entry.path] = seconds
+        self.switch_history.append(SwitchRecord(entry.title, seconds, source, time.time()))
+
+
+__all__ = ["ModelManager", "NoCheckpointError", "SwitchRecord", "UnknownModelError"]

@@ -13,6 +13,8 @@ import gradio as gr
 from PIL import Image
 
 from modules.ui import extras, img2img, outpaint, pnginfo, send_to, settings_tab, topbar, txt2img
+from modules.ui import models_tab
+from modules.ui import extensions_tab
 from modules.ui.generation import OutputPanel
 from modules.ui.send_to import SEND_TOOLTIPS, SendTarget
 
@@ -70,17 +72,24 @@ def build_ui(app: App) -> gr.Blocks:
                 outpaint_tab = outpaint.build_outpaint(app)
             with gr.Tab("Extras", id=extras.EXTRAS_TAB_ID, elem_id="tab_extras"):
                 extras_tab = extras.build_extras(app)
+            with gr.Tab("Models", id=models_tab.MODELS_TAB_ID, elem_id="tab_models"):
+                models = models_tab.build_models_tab(app)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_tab = pnginfo.build_pnginfo()
+            extensions_tab.build_extension_tabs(app)  # tabs added by extensions (issue 7)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings = settings_tab.build_settings(app)
+            with gr.Tab("Extensions", id=extensions_tab.EXTENSIONS_TAB_ID, elem_id="tab_extensions"):
+                extensions = extensions_tab.build_extensions_tab(app)
 
         topbar.wire_topbar(app, bar)
         txt2img.wire_txt2img(app, txt2img_tab, bar)
         img2img.wire_img2img(app, img2img_tab, bar)
         outpaint.wire_outpaint(app, outpaint_tab)
         settings_tab.wire_settings(app, settings)
+        extensions_tab.wire_extensions_tab(app, extensions)
         extras.wire_extras(app, extras_tab)
+        models_tab.wire_models_tab(app, models, bar)
         pnginfo.wire_pnginfo(pnginfo_tab)
         wire_send_to(app, bar, BuiltTabs(tabs, txt2img_tab, img2img_tab, outpaint_tab, extras_tab, pnginfo_tab))
 

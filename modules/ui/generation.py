@@ -15,6 +15,7 @@ from modules.engine.request import MAX_BATCH_SIZE, MAX_SIZE, MAX_STEPS, MIN_SIZE
 from modules.engine.samplers import SAMPLERS, SCHEDULES
 from modules.jobs import Job, JobFailed
 from modules.ui import results
+from modules.ui import styles as styles_ui
 from modules.ui.forms import NamedComponents
 from modules.ui.paste import PastedInfotext, infotext_to_paste
 from modules.ui.topbar import APP_ERRORS, TopBar
@@ -33,6 +34,8 @@ class PromptArea:
     interrupt: gr.Button
     skip: gr.Button
     paste: gr.Button
+    styles: styles_ui.StylesControls | None = None  # Styles picker + editor (issue 7)
+    extra_networks: gr.Button | None = None  # 🎴 shows/hides the extra networks panel (issue 5; txt2img, img2img)
 
 
 @dataclass
@@ -69,7 +72,8 @@ def _prompt_row(fields: NamedComponents, prefix: str, name: str, label: str, lin
         return gr.HTML(counter, elem_id=f"{prefix}_{name}_token_counter", min_width=60, scale=1)
 
 
-def build_prompt_area(app: App, fields: NamedComponents, prefix: str, steps: int) -> PromptArea:
+def build_prompt_area(app: App, fields: NamedComponents, prefix: str, steps: int, *,
+                      extra_networks: bool = False) -> PromptArea:
     """Prompt + negative prompt with token counters, and the Generate / Interrupt / Skip / ↙️ buttons."""
     empty_count = token_counter_text(app, "", steps)
     counters = {}
@@ -84,8 +88,13 @@ def build_prompt_area(app: App, fields: NamedComponents, prefix: str, steps: int
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id=f"{prefix}_interrupt", size="md",
                                       min_width=90)
                 skip = gr.Button("Skip", elem_id=f"{prefix}_skip", size="md", min_width=60)
-            paste = gr.Button("↙️", elem_id=f"{prefix}_paste", min_width=40)
-    return PromptArea(counters, generate, interrupt, skip, paste)
+            with gr.Row():
+                paste = gr.Button("↙️", elem_id=f"{prefix}_paste", min_width=40)
+                networks = gr.Button("🎴", elem_id=f"{prefix}_extra_networks_toggle",
+                                     min_width=40) if extra_networks else None
+            styles = styles_ui.build_styles_picker(app, fields, prefix)
+    styles.editor = styles_ui.build_styles_editor(app, prefix)
+    return PromptArea(counters, generate, interrupt, skip, paste, styles, networks)
 
 
 def build_sampler_controls(fields: NamedComponents, prefix: str, defaults: Mapping[str, Any]) -> None:
@@ -239,7 +248,8 @@ def wire_generate(prompt: PromptArea, fields: NamedComponents, panel: OutputPane
     def generate(data: dict[Any, Any]) -> Iterator[Updates]:
         started = time.perf_counter()
         try:
-            submitted = submit(fields.values(data))
+            values = fields.values(data)
+            submitted = submit(prompt.styles.prepare(values) if prompt.styles else values)
         except APP_ERRORS as error:
             yield {panel.info: results.error_html(str(error))}
             raise gr.Error(str(error)) from None
@@ -258,7 +268,8 @@ def wire_paste(prompt: PromptArea, fields: NamedComponents, panel: OutputPanel,
         if not text:
             gr.Warning("Nothing to paste: type or paste an infotext (with a 'Steps: ...' line) into the prompt")
             return {}
-        return paste_updates(text)
+        updates = paste_updates(text)
+        return prompt.styles.paste(updates, fields) if prompt.styles else updates
 
     prompt.paste.click(paste, inputs=[fields["prompt"], panel.last_infotext], outputs=outputs)
 
@@ -270,6 +281,8 @@ def wire_generation_controls(app: App, fields: NamedComponents, prompt: PromptAr
         info.selected = event.index if isinstance(event.index, int) else 0
         return {panel.gallery_info: info, panel.info: results.infotext_html(info.infotext())}
 
+    if prompt.styles is not None:
+        styles_ui.wire_styles(app, fields, prompt.styles)
     prompt.interrupt.click(lambda: app.jobs.interrupt(), show_progress="hidden", queue=False)
     prompt.skip.click(lambda: app.jobs.skip(), show_progress="hidden", queue=False)
     for name, counter in prompt.token_counters.items():

@@ -13,12 +13,15 @@ from PIL import Image
 
 from modules.engine.request import INPAINT_AREAS, MASK_MODES, MASKED_CONTENT, RESIZE_MODES
 from modules.img2img_batch import BatchRun, INFOTEXT_FIELDS, server_folders_allowed
-from modules.ui import generation
+from modules.ui import controlnet as controlnet_ui
+from modules.ui import extra_networks, generation
+from modules.ui import scripts as script_ui
 from modules.ui.forms import NamedComponents
 from modules.ui.generation import OutputPanel, PromptArea, SeedControls
 from modules.ui.img2img_form import (EDITOR_MODES, INPAINT_MODES, MODE_IMAGE_FIELDS, MODES, default_img2img_values,
                                      editor_value, mode_image, pasted_for_img2img, resize_by_text, size_from_image,
                                      submit_img2img)
+from modules.ui.img2img_form import request_from_img2img_form
 from modules.ui.topbar import TopBar
 from modules.ui.txt2img_form import native_size
 
@@ -44,6 +47,9 @@ class Img2ImgTab:
     scale_note: gr.HTML
     inpaint_options: gr.Column
     output: OutputPanel
+    networks: extra_networks.ExtraNetworksPanel | None = None  # 🎴 extra networks cards (issue 5)
+    scripts: script_ui.ScriptControls | None = None  # Script dropdown and script inputs (issue 7)
+    controlnet: controlnet_ui.ControlNetPanel | None = None  # ControlNet units (issue 6)
 
 
 # --------------------------------------------------------------------------------------------- handlers
@@ -171,7 +177,8 @@ def build_img2img(app: App) -> Img2ImgTab:
     defaults = default_img2img_values(native_size(app))
     fields.add("mode", gr.State(defaults["mode"]))
     fields.add("size_source", gr.State(defaults["size_source"]))
-    prompt = generation.build_prompt_area(app, fields, PREFIX, defaults["steps"])
+    prompt = generation.build_prompt_area(app, fields, PREFIX, defaults["steps"], extra_networks=True)
+    networks = extra_networks.build_extra_networks(PREFIX)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             folders_note = None if server_folders_allowed(app.options) else FOLDERS_REFUSED
@@ -187,10 +194,12 @@ def build_img2img(app: App) -> Img2ImgTab:
             fields.add("denoising_strength", gr.Slider(0, 1, value=defaults["denoising_strength"], step=0.01,
                                                        label="Denoising strength", elem_id="img2img_denoising_strength"))
             seeds = generation.build_seed_controls(fields, PREFIX, defaults)
+            controlnet = controlnet_ui.build_controlnet_units(app, fields, PREFIX, img2img=True)
+            scripts = script_ui.build_script_controls(app, PREFIX, fields)
         with gr.Column(scale=1):
             output = generation.build_output_panel(PREFIX, SEND_TARGETS)
     return Img2ImgTab(fields, prompt, seeds, mode_tabs, modes, size_tabs, from_image, scale_note, inpaint_options,
-                      output)
+                      output, networks=networks, scripts=scripts, controlnet=controlnet)
 
 
 # ------------------------------------------------------------------------------------------------ events
@@ -216,10 +225,15 @@ def wire_img2img(app: App, tab: Img2ImgTab, bar: TopBar) -> None:
             return {}
         return {fields["width"]: size[0], fields["height"]: size[1]}
 
-    generation.wire_generate(tab.prompt, fields, tab.output, submit)
+    generation.wire_generate(tab.prompt, fields, tab.output, script_ui.scripted_submit(
+        app, PREFIX, lambda values: request_from_img2img_form(
+            values, noise_multiplier=app.settings.initial_noise_multiplier), submit))
+    script_ui.wire_script_controls(tab.scripts)
+    controlnet_ui.wire_controlnet_units(app, tab.controlnet, fallback_image=fields["init_image"])
     generation.wire_paste(tab.prompt, fields, tab.output, lambda text: paste_updates(app, tab, bar, text),
                           paste_outputs(tab, bar))
     generation.wire_generation_controls(app, fields, tab.prompt, tab.seeds, tab.output)
+    extra_networks.wire_extra_networks(app, tab.networks, tab.prompt, fields, tab.output, bar)
     for mode, mode_tab in tab.modes.items():
         mode_tab.select(lambda mode=mode: mode_updates(tab, mode), outputs=[fields["mode"], tab.mode_tabs,
                         tab.inpaint_options], show_progress="hidden")

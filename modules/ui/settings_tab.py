@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from modules.settings import Settings
+from modules.settings import Settings, setting_fields
+from modules.ui.extension_settings import build_extension_settings
 from modules.ui.forms import NamedComponents
 from modules.ui.results import error_html
 from modules.ui.topbar import APP_ERRORS, QUICK_SETTINGS
@@ -57,7 +58,7 @@ A1111_CHOICES: dict[str, tuple[str, ...]] = {
 
 
 def editable_fields() -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(Settings) if f.name not in QUICK_SETTINGS]
+    return [f for f in setting_fields() if f.name not in QUICK_SETTINGS]
 
 
 def setting_label(field: dataclasses.Field) -> str:
@@ -81,7 +82,7 @@ def setting_component(field: dataclasses.Field, value: Any) -> gr.components.Com
 
 def settings_changes(current: Settings, values: dict[str, Any]) -> dict[str, Any]:
     """Only what differs from the current settings (so Apply never re-applies untouched values)."""
-    return {name: value for name, value in values.items() if getattr(current, name) != value}
+    return {name: value for name, value in values.items() if current.value(name) != value}
 
 
 def apply_settings(app: App, values: dict[str, Any]) -> str:
@@ -108,12 +109,13 @@ def build_settings(app: App) -> SettingsTab:
     with gr.Column():
         for field in editable_fields():
             fields.add(field.name, setting_component(field, getattr(app.settings, field.name)))
+        build_extension_settings(app, fields)  # "<extension>.<key>" settings of enabled extensions
     return SettingsTab(fields, apply, result)
 
 
 def settings_values(app: App, fields: NamedComponents) -> dict[Any, Any]:
     """Current values, for a freshly opened page."""
-    return fields.updates({name: getattr(app.settings, name) for name in fields})
+    return fields.updates({name: app.settings.value(name) for name in fields})
 
 
 def wire_settings(app: App, tab: SettingsTab) -> None:

@@ -14,12 +14,15 @@ import gradio as gr
 from modules.engine.request import MAX_SIZE, MAX_STEPS
 from modules.jobs import Job
 from modules.models.upscalers import hires_upscaler_choices
-from modules.ui import generation
+from modules.ui import controlnet as controlnet_ui
+from modules.ui import extra_networks, generation
+from modules.ui import scripts as script_ui
 from modules.ui.forms import NamedComponents
 from modules.ui.generation import OutputPanel, PromptArea, SeedControls
 from modules.ui.send_to import GALLERY_SEND_TARGETS
 from modules.ui.topbar import TopBar
-from modules.ui.txt2img_form import default_form_values, native_size, pasted_for_txt2img, submit_txt2img
+from modules.ui.txt2img_form import (default_form_values, native_size, pasted_for_txt2img, request_from_form,
+                                     submit_txt2img)
 
 if TYPE_CHECKING:
     from modules.app import App
@@ -36,6 +39,9 @@ class Txt2ImgTab:
     swap_size: gr.Button
     hires_accordion: gr.Accordion
     output: OutputPanel
+    networks: extra_networks.ExtraNetworksPanel | None = None  # 🎴 extra networks cards (issue 5)
+    scripts: script_ui.ScriptControls | None = None  # Script dropdown and script inputs (issue 7)
+    controlnet: controlnet_ui.ControlNetPanel | None = None  # ControlNet units (issue 6)
 
     # the output panel's parts, as callers read them from the tab
     @property
@@ -86,7 +92,8 @@ def stream_job(tab: Txt2ImgTab, job: Job, started: float) -> Iterator[dict[Any, 
 def build_txt2img(app: App) -> Txt2ImgTab:
     fields = NamedComponents()
     defaults = default_form_values(native_size(app))
-    prompt = generation.build_prompt_area(app, fields, "txt2img", defaults["steps"])
+    prompt = generation.build_prompt_area(app, fields, "txt2img", defaults["steps"], extra_networks=True)
+    networks = extra_networks.build_extra_networks("txt2img")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             generation.build_sampler_controls(fields, "txt2img", defaults)
@@ -99,9 +106,12 @@ def build_txt2img(app: App) -> Txt2ImgTab:
                     generation.build_batch_controls(fields, "txt2img", defaults)
             generation.build_cfg_scale(fields, "txt2img", defaults)
             seeds = generation.build_seed_controls(fields, "txt2img", defaults)
+            controlnet = controlnet_ui.build_controlnet_units(app, fields, "txt2img")
+            scripts = script_ui.build_script_controls(app, "txt2img", fields)
         with gr.Column(scale=1):
             output = generation.build_output_panel("txt2img", GALLERY_SEND_TARGETS)
-    return Txt2ImgTab(fields, prompt, seeds, swap_size, hires_accordion, output)
+    return Txt2ImgTab(fields, prompt, seeds, swap_size, hires_accordion, output, networks=networks, scripts=scripts,
+                      controlnet=controlnet)
 
 
 def _hires_section(fields: NamedComponents, defaults: dict[str, Any], upscalers: list[str]) -> gr.Accordion:
@@ -131,9 +141,13 @@ def _hires_section(fields: NamedComponents, defaults: dict[str, Any], upscalers:
 
 def wire_txt2img(app: App, tab: Txt2ImgTab, bar: TopBar) -> None:
     fields = tab.fields
-    generation.wire_generate(tab.prompt, fields, tab.output, lambda values: submit_txt2img(app, values))
+    generation.wire_generate(tab.prompt, fields, tab.output, script_ui.scripted_submit(
+        app, "txt2img", request_from_form, lambda values: submit_txt2img(app, values)))
+    script_ui.wire_script_controls(tab.scripts)
+    controlnet_ui.wire_controlnet_units(app, tab.controlnet)
     generation.wire_paste(tab.prompt, fields, tab.output, lambda text: paste_updates(app, tab, bar, text),
                           paste_outputs(tab, bar))
     generation.wire_generation_controls(app, fields, tab.prompt, tab.seeds, tab.output)
+    extra_networks.wire_extra_networks(app, tab.networks, tab.prompt, fields, tab.output, bar)
     tab.swap_size.click(lambda width, height: (height, width), inputs=[fields["width"], fields["height"]],
                         outputs=[fields["width"], fields["height"]], show_progress="hidden")

@@ -13,6 +13,7 @@ from modules.engine.request import GenerationRequest, HiresOptions, RequestError
 from modules.jobs import Job
 from modules.models.manager import NoCheckpointError
 from modules.models.upscalers import hires_upscaler_choices
+from modules.ui.controlnet_form import units_from_form
 from modules.ui.paste import PastedInfotext, paste_infotext
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ def request_from_form(values: Mapping[str, Any]) -> GenerationRequest:
     return GenerationRequest(
         prompt=str(values.get("prompt") or ""),
         negative_prompt=str(values.get("negative_prompt") or ""),
+        styles=[str(name) for name in values.get("styles") or []],  # already applied to the prompts (issue 7)
         sampler_name=str(values["sampler_name"]),
         scheduler=str(values["scheduler"]),
         steps=_integer(values, "steps"),
@@ -95,6 +97,7 @@ def request_from_form(values: Mapping[str, Any]) -> GenerationRequest:
         seed_resize_from_w=_integer(values, "seed_resize_from_w") if extra else defaults.seed_resize_from_w,
         seed_resize_from_h=_integer(values, "seed_resize_from_h") if extra else defaults.seed_resize_from_h,
         hires=_hires_from_form(values),
+        controlnet_units=units_from_form(values),  # ControlNet units of the form (issue 6)
         mode="txt2img",
     )
 
@@ -112,10 +115,11 @@ def native_size(app: App) -> int:
 def token_counter_text(app: App, prompt: str, steps: float) -> str:
     """A1111's "N/75" for one prompt box; empty while no checkpoint (no tokenizer) is loaded."""
     try:
-        tokenizer = app.models.model.components.tokenizer
+        model = app.models.model
     except NoCheckpointError:
         return ""
-    used, maximum = count_tokens(prompt or "", tokenizer, max(int(steps or 1), 1), emphasis=app.settings.emphasis)
+    used, maximum = count_tokens(prompt or "", model.prompt_encoder.encoders.chunk_tokenizer, max(int(steps or 1), 1),
+                                 emphasis=app.settings.emphasis, embeddings=app.embeddings.lookup_for(model))
     return f"{used}/{maximum}"
 
 
