@@ -14,7 +14,7 @@ from benchmarks.shapes_controlnet import (
     benchmark_cases, control_images, controlnet_pipeline, generate_controlled, generate_plain, load_controlnet,
     mask_iou, shape_mask,
 )
-from modules.models.detect import classify
+from modules.models.detect import detect_component_kind
 from modules.models.loader import read_checkpoint
 from modules.models.tokenizer import load_clip_tokenizer
 from modules.shapes.world import ShapeScene, cell_of, is_held_out, render
@@ -85,6 +85,20 @@ def test_control_batch_mixes_native_soft_and_binary_maps_in_the_pipeline_range()
     assert (~binary).any() and (binary & ~native).any()
 
 
+def test_a_new_controlnet_has_a_live_hint_path_but_starts_at_the_base_model(base):
+    controlnet = build_controlnet(base.unet, seed=1)
+    assert controlnet.controlnet_cond_embedding.conv_out.weight.abs().max() > 0
+    assert torch.equal(controlnet.controlnet_cond_embedding.conv_out.weight,
+                       build_controlnet(base.unet, seed=1).controlnet_cond_embedding.conv_out.weight)
+    latents, context = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 64)
+    control = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        down, middle = controlnet(latents, 500, context, controlnet_cond=control, return_dict=False)
+        features = controlnet.controlnet_cond_embedding(control)
+    assert all(residual.abs().max() == 0 for residual in (*down, middle))  # zero convolutions: no change yet
+    assert features.abs().mean() > 0  # ... but the hint already reaches the encoder copy, so they learn from it
+
+
 def test_export_uses_lllyasviel_keys_and_round_trips_through_diffusers(base, tmp_path):
     controlnet = build_controlnet(base.unet)
     assert tuple(controlnet.config.conditioning_embedding_out_channels) == HINT_CHANNELS
@@ -112,8 +126,8 @@ def test_export_uses_lllyasviel_keys_and_round_trips_through_diffusers(base, tmp
 
 
 def test_tiny_training_run_writes_a_file_the_app_classifies_as_controlnet(tiny_file, base, capsys):
-    assert classify(tiny_file) == "controlnet"
     state_dict, metadata = read_checkpoint(tiny_file)
+    assert detect_component_kind(state_dict) == "controlnet"
     assert all(t.dtype == torch.float16 for t in state_dict.values() if t.is_floating_point())
     assert metadata["modelspec.architecture"] == "stable-diffusion-v1/controlnet"
     assert metadata["controlnet.preprocessor"] == "canny" and metadata["sd_native_size"] == "64"

@@ -6,25 +6,29 @@ a copy of the weights, and a checkpoint written from that copy must give the sam
 from __future__ import annotations
 
 import base64
+import copy
+import hashlib
 import io
 import json
 import os
 import shutil
-from pathlib import Path
 
+import diffusers
 import httpx
 import numpy as np
 import pytest
 import torch
+import transformers
 from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from modules.engine.infotext import parse_infotext
+from modules.engine.model import EngineModel
 from modules.engine.request import GenerationRequest, HiresOptions, Img2ImgOptions
 from modules.jobs import JobFailed
 from modules.models.architecture import family_config
-from modules.models.lora import LoraTag, lora_tags, unet_targets
+from modules.models.lora import LoraTag, applied_loras, lora_tags, unet_targets
 from modules.models.lora_files import LoraRegistry
 from modules.models.lora_format import LoraFormatError
 from modules.ui.paste import paste_infotext
@@ -107,7 +111,6 @@ def test_registry_lists_names_aliases_family_and_a1111_hashes(env):
     assert entries["sd1b"].relative_name == "styles/sd1b.pt" and entries["sd1b"].metadata() == {}
     assert entries["xl_lora"].family == "sdxl"
     # A1111 addnet hash: sha256 of the bytes after the 8-byte length and the JSON header, 12 hex characters
-    import hashlib
     raw = sd1a.path.read_bytes()
     body = raw[8 + int.from_bytes(raw[:8], "little"):]
     assert sd1a.short_hash() == hashlib.sha256(body).hexdigest()[:12]
@@ -143,6 +146,33 @@ def test_kohya_names_of_real_sd1_and_sdxl_unets():
         targets = unet_targets(unet)
         for kohya, diffusers_name in names.items():
             assert targets[kohya] is unet.get_submodule(diffusers_name), kohya
+
+
+@pytest.mark.parametrize("sdxl", [False, True], ids=["sd15-diffusers-names", "sdxl-ldm-names"])
+def test_kohya_files_patch_the_same_weights_as_diffusers_own_loader(tmp_path, sdxl):
+    """Independent reference: diffusers' kohya conversion + fuse_lora on a copy of the same tiny model."""
+    transformers.logging.set_verbosity_error()
+    components = tiny_sdxl_components(5) if sdxl else tiny_sd15_components(5)
+    state = kohya_state_dict(random_specs(components, seed=20), components, ldm_names=sdxl)
+    write_lora(tmp_path / "k.safetensors", state)
+    reference = copy.deepcopy(components)
+    pipeline_class = diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
+    pipe = pipeline_class(**reference.pipeline_kwargs(), scheduler=diffusers.EulerDiscreteScheduler())
+    pipe.load_lora_weights({key: value.clone() for key, value in state.items()}, adapter_name="k")
+    pipe.fuse_lora(lora_scale=0.7)
+    pipe.unload_lora_weights()
+    model = EngineModel(components, {"model_name": "tiny"}, native_size=components.native_size)
+    names = ("unet", "text_encoder", "text_encoder_2") if sdxl else ("unet", "text_encoder")
+    original = {name: getattr(components, name).state_dict() for name in names}
+    original = {name: {key: value.clone() for key, value in tensors.items()} for name, tensors in original.items()}
+    with applied_loras(LoraRegistry((tmp_path,)), model, "<lora:k:0.7>") as active:
+        assert active.layers_changed == len(state) // 3
+        for name in names:
+            ours, theirs = getattr(components, name).state_dict(), getattr(pipe, name).state_dict()
+            changed = [key for key in ours if not torch.equal(ours[key], original[name][key])]
+            assert changed and all(torch.allclose(ours[key], theirs[key], atol=1e-6) for key in ours), name
+    assert all(torch.equal(getattr(components, name).state_dict()[key], value)
+               for name in names for key, value in original[name].items())
 
 
 def test_tags_parse_like_a1111():

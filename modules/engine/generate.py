@@ -39,7 +39,7 @@ HIRES_UPSCALERS = (*LATENT_UPSCALE_MODES, "Lanczos", "Nearest", "None")
 # infotext keys A1111 lists in info["extra_generation_params"] (the rest are core keys)
 EXTRA_GENERATION_PARAMS = ("Schedule type", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "RNG",
                            "Emphasis", "Mask blur", "Mask mode", "Masked content", "Inpaint area",
-                           "Masked area padding", "Noise multiplier")
+                           "Masked area padding", "Noise multiplier", "Lora hashes", "TI hashes")
 
 
 @dataclass(frozen=True)

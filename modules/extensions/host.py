@@ -94,7 +94,9 @@ class ExtensionHost:
                 log.error("extension %s not loaded: %s", record.name, record.problem)
 
     def _load_folder(self, folder: Path, choices: Mapping[str, bool]) -> ExtensionRecord:
-        builtin = self.builtin_root is not None and folder.resolve().parent == self.builtin_root
+        # shipped with the project (an extension the user cloned into the same folder has its own .git)
+        builtin = (self.builtin_root is not None and folder.resolve().parent == self.builtin_root
+                   and not (folder / ".git").exists())
         record = ExtensionRecord(name=folder.name, folder=folder, builtin=builtin, git=read_git_info(folder))
         try:
             manifest = read_manifest(folder)

@@ -15,7 +15,6 @@ import gc
 import hashlib
 import json
 import logging
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 
 from modules.engine.controlnet import ControlNetServices, LoadedControlNet
 from modules.models.controlnet_loader import CONFIG_FILE, load_controlnet
+from modules.models.scan import walk_model_paths
 
 if TYPE_CHECKING:
     from modules.engine.model import EngineModel
@@ -85,22 +85,11 @@ def folder_weights(folder: Path) -> Path:
 
 def scan_controlnets(roots: tuple[Path, ...]) -> list[ControlNetEntry]:
     """Every ControlNet under the roots, sorted by name (first root wins on a name clash)."""
-    found: dict[str, ControlNetEntry] = {}
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            folder = Path(dirpath)
-            for dirname in list(dirnames):
-                if is_controlnet_folder(folder / dirname):
-                    dirnames.remove(dirname)
-                    found.setdefault(dirname.lower(), _entry(folder / dirname, dirname))
-            if is_controlnet_folder(folder):
-                continue
-            for filename in filenames:
-                if filename.lower().endswith(CONTROLNET_SUFFIXES):
-                    stem = filename.rsplit(".", 1)[0]
-                    found.setdefault(stem.lower(), _entry(folder / filename, stem))
+    found: dict[str, ControlNetEntry | None] = {}
+    for path, _root in walk_model_paths(roots, CONTROLNET_SUFFIXES, is_model_folder=is_controlnet_folder):
+        name = path.name if path.is_dir() else path.name.rsplit(".", 1)[0]
+        if name.lower() not in found:
+            found[name.lower()] = _entry(path, name)
     return sorted((entry for entry in found.values() if entry is not None), key=lambda e: e.name.lower())
 
 

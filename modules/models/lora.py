@@ -4,8 +4,8 @@ For every target layer of the loaded UNet / text encoders (A1111 `<lora:name:te:
 
     W ← W + Σ_i m_i · (α_i / r_i) · up_i @ down_i          m_i = the tag's te or unet weight, r_i = rank
 
-computed in float32 and added once per layer; the layer's original tensor is copied first and copied back after
-the job, so "on, off, on" gives bit-identical images and weight 0 is exactly "no tag" (the tag is skipped).
+accumulated in float32 per layer; the original tensor is kept (CPU: swapped out, accelerators: copied to RAM) and
+put back after the job, so "on, off, on" gives bit-identical images; weight 0 is exactly "no tag" (skipped).
 Networks are mapped by name onto whichever checkpoint is resident when the job runs: UNet layers by their diffusers
 names and by their LDM names (kohya SDXL files use `input_blocks_4_1_…`), text-encoder layers by their Hugging Face
 names. Tags come from the positive prompt only (A1111); unknown names are skipped with a warning, as in A1111.
@@ -148,28 +148,44 @@ def fits(layer: LoraLayer, weight: Tensor) -> bool:
 
 
 class WeightPatch:
-    """Weights changed in place for one job, with copies of their originals; restore() copies them back exactly."""
+    """Weights changed for one job; restore() brings back the originals bit for bit.
+
+    CPU: the patched tensor is built beside the original and swapped in; restoring swaps the original back, so
+    nothing is copied twice and the original storage (possibly memory-mapped) is never written. Accelerators:
+    patched in place (compiled modules stay valid), the original copied to CPU RAM first, not to device memory.
+    """
 
     def __init__(self) -> None:
-        self._originals: list[tuple[Tensor, Tensor]] = []
+        self._swapped: list[tuple[Tensor, Tensor]] = []  # (parameter, its original data)
+        self._copied: list[tuple[Tensor, Tensor]] = []  # (parameter, CPU copy of its original values)
         self.touched_components: set[str] = set()
 
-    def add(self, weight: Tensor, delta: Tensor) -> None:
-        # the copy lives in (CPU) RAM: on an accelerator it costs no device memory
-        self._originals.append((weight, weight.detach().to("cpu", copy=True)))
-        delta = delta.reshape(weight.shape)
-        if weight.dtype == torch.float32:
-            weight.add_(delta)
-        else:  # fp16/bf16: add in float32, round once
-            weight.copy_((weight.float() + delta).to(weight.dtype))
+    def apply(self, weight: Tensor, contributions: list[tuple[LoraLayer, float]]) -> None:
+        if weight.device.type == "cpu":
+            self._swapped.append((weight, weight.data))
+            weight.data = patched(weight.data, contributions)
+        else:
+            self._copied.append((weight, weight.detach().to("cpu", copy=True)))
+            weight.data.copy_(patched(weight.data, contributions))
 
     def restore(self) -> None:
-        while self._originals:
-            weight, original = self._originals.pop()
-            weight.copy_(original)
+        while self._swapped:
+            weight, original = self._swapped.pop()
+            weight.data = original
+        while self._copied:
+            weight, original = self._copied.pop()
+            weight.data.copy_(original)
 
     def __len__(self) -> int:
-        return len(self._originals)
+        return len(self._swapped) + len(self._copied)
+
+
+def patched(original: Tensor, contributions: list[tuple[LoraLayer, float]]) -> Tensor:
+    """original + Σ m · ΔW as a new tensor of the original's shape and dtype, accumulated in float32."""
+    total = original.detach().reshape(original.shape[0], -1).to(torch.float32, copy=True)
+    for layer, multiplier in contributions:
+        layer.add_to(total, multiplier)
+    return total.reshape(original.shape).to(original.dtype)
 
 
 @dataclass
@@ -220,6 +236,7 @@ def plan_deltas(model: EngineModel, uses: list[LoraUse], warnings: list[str]) \
                 f"LoRA '{use.tag.name}' ({use.entry.relative_name}): none of its {total} layers exist in the loaded "
                 f"checkpoint '{model.model_name}' ({FAMILY_LABELS.get(model.kind, model.kind)}); is it for another "
                 f"model family?")
+        log.info("LoRA %s: %d of %d layers matched the loaded model", use.entry.relative_name, matched, total)
         if matched < total:
             warnings.append(f"LoRA '{use.tag.name}': {total - matched} of {total} layers have no counterpart in the "
                             f"loaded model and were skipped")
@@ -229,9 +246,7 @@ def plan_deltas(model: EngineModel, uses: list[LoraUse], warnings: list[str]) \
 def apply_plan(plan: list[tuple[str, nn.Module, list[tuple[LoraLayer, float]]]], patch: WeightPatch) -> None:
     with torch.no_grad():
         for component, module, contributions in plan:
-            weight = module.weight
-            delta = sum(multiplier * layer.delta(weight.device) for layer, multiplier in contributions)
-            patch.add(weight, delta)  # type: ignore[arg-type]
+            patch.apply(module.weight, contributions)
             patch.touched_components.add(component)
 
 

@@ -11,7 +11,6 @@ import difflib
 import hashlib
 import json
 import logging
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any
 
 from modules.models import loader
 from modules.models.lora_format import LoraFormatError, LoraNetwork, guess_family, parse_network
+from modules.models.scan import walk_model_paths
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +138,8 @@ def describe_file(path: Path, root: Path) -> LoraFile:
 def scan_lora_files(roots: tuple[Path, ...]) -> list[tuple[Path, Path]]:
     """(file, its root) for every LoRA file below the roots, each file once, sorted by relative path."""
     found: dict[Path, tuple[Path, Path]] = {}
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for dirpath, _dirnames, filenames in os.walk(root, followlinks=True):
-            for filename in filenames:
-                if filename.lower().endswith(LORA_SUFFIXES):
-                    path = Path(dirpath) / filename
-                    found.setdefault(path.resolve(), (path, root))
+    for path, root in walk_model_paths(roots, LORA_SUFFIXES):
+        found.setdefault(path.resolve(), (path, root))
     return sorted(found.values(), key=lambda pair: pair[0].relative_to(pair[1]).as_posix().lower())
 
 
@@ -233,7 +227,11 @@ class LoraRegistry:
         # process alive) if the file is overwritten or truncated later.
         owned = {key: tensor.clone() for key, tensor in state_dict.items()}
         del state_dict
-        return parse_network(owned, metadata, entry.relative_name)
+        network = parse_network(owned, metadata, entry.relative_name)
+        if network.ignored_keys:  # e.g. bundled embeddings (bundle_emb.*), which are not used
+            log.info("LoRA %s: %d keys ignored (e.g. %s)", entry.relative_name, len(network.ignored_keys),
+                     network.ignored_keys[0])
+        return network
 
     def cached_names(self) -> list[str]:
         with self._lock:

@@ -74,6 +74,15 @@ class LoraLayer:
             return self.explicit_scale
         return self.alpha / self.rank if self.alpha is not None else 1.0
 
+    def add_to(self, target: Tensor, multiplier: float) -> None:
+        """target [out, in·k·k] (float32, in place) += multiplier · ΔW."""
+        if self.mid is not None:
+            target.add_(self.delta(target.device), alpha=multiplier)
+            return
+        up = self.up.to(target.device, torch.float32).flatten(1)
+        down = self.down.to(target.device, torch.float32).flatten(1)
+        target.addmm_(up, down, alpha=multiplier * self.scale)  # one fused pass, no ΔW tensor
+
     def delta(self, device: torch.device) -> Tensor:
         """ΔW in float32, flattened to [out, in·k·k]; the caller reshapes it to the weight's shape."""
         up = self.up.to(device, torch.float32).flatten(1)  # [out, r]

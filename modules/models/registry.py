@@ -10,6 +10,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from modules.models.scan import walk_model_paths
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
@@ -60,21 +62,10 @@ def _is_diffusers_folder(path: Path) -> bool:
 def scan_checkpoints(roots: tuple[Path, ...]) -> list[ModelFile]:
     """Checkpoint files (recursive; `*.vae.*` excluded as A1111 does) and diffusers folders, sorted by name."""
     found: dict[str, ModelFile] = {}
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            folder = Path(dirpath)
-            for dirname in list(dirnames):
-                if _is_diffusers_folder(folder / dirname):
-                    dirnames.remove(dirname)  # do not descend into its unet/ vae/ ...
-                    name = (folder / dirname).relative_to(root).as_posix()
-                    found.setdefault(name, ModelFile(folder / dirname, name, is_folder=True))
-            for filename in filenames:
-                lower = filename.lower()
-                if lower.endswith(CHECKPOINT_SUFFIXES) and ".vae." not in lower:
-                    name = (folder / filename).relative_to(root).as_posix()
-                    found.setdefault(name, ModelFile(folder / filename, name))
+    for path, root in walk_model_paths(roots, CHECKPOINT_SUFFIXES, is_model_folder=_is_diffusers_folder):
+        if path.is_dir() or ".vae." not in path.name.lower():
+            name = path.relative_to(root).as_posix()
+            found.setdefault(name, ModelFile(path, name, is_folder=path.is_dir()))
     return sorted(found.values(), key=lambda entry: entry.name.lower())
 
 
