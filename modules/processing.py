@@ -51,6 +51,8 @@ def run_job(app: App, job: Job) -> GenerationResult:
             restore_checkpoint(app)
     if len(result.images) > 1 and settings.return_grid:
         result.grid = make_grid(result.images)
+    if settings.control_net_no_detectmap:  # the ControlNet extension's setting: no maps in the gallery nor the API
+        result.detected_maps = []
     app.extensions.after_job(result)  # before saving: an extension may post-process the images
     save_outputs(app, result)
     return result

@@ -67,6 +67,10 @@ class Settings:
     control_net_unit_count: int = dataclasses.field(default=3, metadata={"label": "ControlNet unit number"})
     control_net_model_cache_size: int = dataclasses.field(
         default=2, metadata={"label": "ControlNet model cache size (requires restart)"})
+    # ControlNet detected maps (issue 6, the extension's name and label): each unit's preprocessor output is shown
+    # after the images in the txt2img/img2img gallery and returned by the API (shown, never saved); this drops them.
+    control_net_no_detectmap: bool = dataclasses.field(
+        default=False, metadata={"label": "Do not append detectmap to output"})
 
     # Extension settings (issue 7): "<extension>.<key>" → value, typed by the defaults the extension registers
     # (with_extension_defaults); kept while the extension is off; flat beside the A1111 names in config.yaml and

@@ -51,13 +51,6 @@ def app(tmp_path_factory):
     application.jobs.shutdown()
 
 
-@pytest.fixture(scope="module")
-def circle() -> Image.Image:
-    image = Image.new("RGB", (64, 64), (30, 60, 220))
-    ImageDraw.Draw(image).ellipse((14, 18, 46, 50), fill=(220, 30, 30))
-    return image
-
-
 def run(app, **fields):
     return app.jobs.run(GenerationRequest(**{**SMALL, **fields}), timeout=300)
 

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import webuiapi
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from tests.fixtures.tiny_controlnets import tiny_controlnet, write_folder, write_ldm_file
 from tests.fixtures.tiny_models import tiny_sd15_components, write_single_file
@@ -34,13 +34,6 @@ def server(tmp_path_factory):
         yield client, app, handle
     handle.stop()
     app.jobs.shutdown()
-
-
-@pytest.fixture(scope="module")
-def circle() -> Image.Image:
-    image = Image.new("RGB", (64, 64), (30, 60, 220))
-    ImageDraw.Draw(image).ellipse((14, 18, 46, 50), fill=(220, 30, 30))
-    return image
 
 
 def b64(image: Image.Image) -> str:

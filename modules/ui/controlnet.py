@@ -1,10 +1,12 @@
 """The "ControlNet" accordion of txt2img and img2img: N unit sub-tabs ("ControlNet Unit 0" …), laid out like the
 A1111 extension's. `build_controlnet_units` adds each unit's inputs to the tab's form (names from
 controlnet_form.field_name), so Generate reads them with the rest of the form; `wire_controlnet_units` connects the
-per-unit helpers (module → sliders, model refresh, allow preview, 💥 run preprocessor).
+per-unit helpers (module → sliders, model refresh, allow preview, 💥 run preprocessor); `paste_slider_updates` gives
+the sliders of units a pasted infotext sets (the values come from controlnet_paste).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,7 @@ import gradio as gr
 from modules.engine.request import CONTROL_MODES, CONTROL_RESIZE_MODES
 from modules.ui.controlnet_form import (default_unit_values, field_name, missing_preprocessors_text, model_choices,
                                         module_choices, run_preview, slider_settings, unit_count, unit_values)
+from modules.ui.controlnet_paste import SLIDER_FIELDS
 from modules.ui.forms import NamedComponents
 from modules.ui.topbar import APP_ERRORS
 
@@ -98,6 +101,27 @@ def _unit(app: App, fields: NamedComponents, prefix: str, index: int, defaults: 
     return UnitControls(index, preview, allow_preview, run_preprocessor, refresh_models)
 
 
+# ------------------------------------------------------------------------------------------------ pasting
+
+
+def paste_slider_updates(panel: ControlNetPanel | None, form: Mapping[str, Any]) -> dict[Any, Any]:
+    """For each unit whose module a pasted infotext sets (controlnet_paste): its sliders as that module shows them
+    (range, label, visibility) holding the pasted values. Overrides the plain values of the form's updates."""
+    if panel is None:
+        return {}
+    updates: dict[Any, Any] = {}
+    for unit in panel.units:
+        module = form.get(field_name(unit.index, "module"))
+        if module is None:
+            continue
+        for name, setting in zip(SLIDER_FIELDS, slider_settings(module)):
+            value = form.get(field_name(unit.index, name), setting.value)
+            updates[panel.fields[field_name(unit.index, name)]] = gr.Slider(
+                minimum=setting.minimum, maximum=setting.maximum, value=value, step=setting.step, label=setting.label,
+                visible=setting.visible)
+    return updates
+
+
 # ------------------------------------------------------------------------------------------------ events
 
 
@@ -130,7 +154,9 @@ def _wire_unit(app: App, panel: ControlNetPanel, unit: UnitControls, fallback_im
             raise gr.Error(str(error)) from None
         return gr.Image(value=image, visible=True)
 
-    component("module").change(module_changed, inputs=component("module"), outputs=sliders, show_progress="hidden")
+    # `input`, not `change`: a pasted infotext sets the module and its sliders together (paste_slider_updates);
+    # a change event would then reset the pasted values to the module's defaults
+    component("module").input(module_changed, inputs=component("module"), outputs=sliders, show_progress="hidden")
     unit.refresh_models.click(lambda current: gr.Dropdown(choices=model_choices(app, refresh=True), value=current),
                               inputs=component("model"), outputs=component("model"), show_progress="hidden")
     unit.allow_preview.change(lambda shown: gr.Image(visible=shown), inputs=unit.allow_preview,

@@ -58,7 +58,8 @@ class Img2ImgTab:
 def paste_updates(app: App, tab: Img2ImgTab, bar: TopBar, text: str) -> dict[Any, Any]:
     pasted = pasted_for_img2img(app, text)
     generation.warn_all(pasted.warnings)
-    return {**tab.fields.updates(pasted.form), **generation.topbar_paste_updates(bar, pasted)}
+    return {**tab.fields.updates(pasted.form), **generation.topbar_paste_updates(bar, pasted),
+            **controlnet_ui.paste_slider_updates(tab.controlnet, pasted.form)}
 
 
 def paste_outputs(tab: Img2ImgTab, bar: TopBar) -> list[Any]:

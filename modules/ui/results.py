@@ -67,7 +67,9 @@ def progress_html(snapshot: ProgressSnapshot) -> str:
 
 
 def gallery_from_result(result: GenerationResult) -> tuple[list[Image.Image], GalleryInfo]:
-    """Images for the gallery (grid first, as A1111 shows it) with their infotexts embedded for downloads."""
+    """Images for the gallery (grid first, as A1111 shows it) with their infotexts embedded for downloads, then the
+    ControlNet units' detected maps, as the extension appends them (the control_net_no_detectmap setting empties
+    result.detected_maps)."""
     for image, text in zip(result.images, result.infotexts):
         image.info["parameters"] = text  # the gallery writes PNG text chunks from image.info
     images = list(result.images)
@@ -78,6 +80,11 @@ def gallery_from_result(result: GenerationResult) -> tuple[list[Image.Image], Ga
         info.infotexts.insert(0, result.first_infotext)
         info.seeds.insert(0, result.seeds[0] if result.seeds else -1)
         info.subseeds.insert(0, result.subseeds[0] if result.subseeds else -1)
+    maps = [image for image in result.detected_maps if image is not None]  # ControlNet units' maps last (issue 6)
+    images += maps
+    info.infotexts += [""] * len(maps)  # a map has no parameters of its own (nothing to paste or send)
+    info.seeds += [-1] * len(maps)
+    info.subseeds += [-1] * len(maps)
     return images, info
 
 

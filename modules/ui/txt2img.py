@@ -72,7 +72,8 @@ def paste_updates(app: App, tab: Txt2ImgTab, bar: TopBar, text: str) -> dict[Any
     """Component updates that put an infotext into the txt2img form and the top bar (PNG Info uses it too)."""
     pasted = pasted_for_txt2img(app, text)
     generation.warn_all(pasted.warnings)
-    updates = {**tab.fields.updates(pasted.form), **generation.topbar_paste_updates(bar, pasted)}
+    updates = {**tab.fields.updates(pasted.form), **generation.topbar_paste_updates(bar, pasted),
+               **controlnet_ui.paste_slider_updates(tab.controlnet, pasted.form)}
     if pasted.form.get("enable_hr"):
         updates[tab.hires_accordion] = gr.Accordion(open=True)
     return updates

@@ -14,6 +14,7 @@ from modules.jobs import Job
 from modules.models.manager import NoCheckpointError
 from modules.models.upscalers import hires_upscaler_choices
 from modules.ui.controlnet_form import units_from_form
+from modules.ui.controlnet_paste import paste_choices, with_controlnet_units
 from modules.ui.paste import PastedInfotext, paste_infotext
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ def submit_txt2img(app: App, values: dict[str, Any]) -> Job:
 
 def pasted_for_txt2img(app: App, text: str) -> PastedInfotext:
     settings = app.settings
-    return paste_infotext(text, checkpoints=app.models.checkpoints, vae_choices=app.models.vae_choices(),
-                          hires_upscalers=hires_upscaler_choices(app.upscalers), send_seed=settings.send_seed,
-                          send_size=settings.send_size)
+    pasted = paste_infotext(text, checkpoints=app.models.checkpoints, vae_choices=app.models.vae_choices(),
+                            hires_upscalers=hires_upscaler_choices(app.upscalers), send_seed=settings.send_seed,
+                            send_size=settings.send_size)
+    return with_controlnet_units(pasted, text, paste_choices(app))  # the ControlNet units' fields (issue 6)
