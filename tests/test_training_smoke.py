@@ -4,20 +4,23 @@ import dataclasses
 import torch
 
 from modules.models.architecture import family_config
-from modules.models.loader import load_components
+from modules.models.loader import load_components, read_checkpoint
 from modules.models.tokenizer import load_clip_tokenizer
 from modules.training.dataset import build_dataset, caption_batch
-from modules.training.denoiser import ExponentialMovingAverage
+from modules.training.optimise import ExponentialMovingAverage
 from modules.training.evaluate import build_pipeline, generate
-from modules.training.train_default_model import Recipe, main, train
+from modules.training.decoder_samples import SamplingOptions, sample_latents
+from modules.training.train_default_model import Recipe, main, refit_decoder, train
 from modules.training.vae import (
-    build_vae, posterior_moments, standardize_latents, standardized_moments, start_as_linear_autoencoder, train_vae,
+    build_vae, posterior_moments, refine_decoder, standardize_latents, standardized_moments,
+    start_as_linear_autoencoder, train_vae,
 )
 from tests.fixtures.shapes_checkpoint import check_shapes_checkpoint
 
 TINY = dataclasses.replace(
     Recipe(), scenes=48, vae_channels=(32, 32, 32, 32), vae_steps=2, vae_batch=4, decoder_steps=2, text_hidden=32,
     text_layers=1, text_warmup_steps=2, text_warmup_batch=8, unet_channels=(32, 64), unet_steps=3, unet_batch=4,
+    sampled_latents=6, sampling_first_step=(15, 18), sample_fit_steps=2, sample_fit_per_batch=2,
 )
 
 
@@ -70,6 +73,7 @@ def test_training_writes_a_checkpoint_the_app_loader_reads(tmp_path, capsys):
     output = capsys.readouterr().out
     assert "VAE" in output and "UNet + text encoder" in output and "loss=" in output
     assert "text encoder warm-up" in output and "VAE decoder refinement" in output
+    assert "sampled 6 latents" in output and "VAE decoder on the model's samples" in output
     state_dict, metadata, info = check_shapes_checkpoint(path)
     components = load_components(state_dict, info, metadata=metadata)
     assert components.native_size == 64
@@ -112,3 +116,42 @@ def test_linear_start_lets_a_flat_colour_through_the_output_norm():
     assert torch.allclose(plain, plain_doubled, atol=1e-5)
     # every residual branch starts at zero: the blocks are identities
     assert all(resnet.conv2.weight.abs().max() == 0 for block in vae.decoder.up_blocks for resnet in block.resnets)
+
+
+def test_decoder_learns_from_the_models_own_samples(tmp_path):
+    """The last stage: SDEdit samples are reproducible, one per requested image, and only the decoder moves."""
+    path = train(TINY, tmp_path / "tiny.safetensors", log=lambda _: None)
+    state_dict, metadata, info = check_shapes_checkpoint(path)
+    components = load_components(state_dict, info, metadata=metadata)
+    unet, vae, text_encoder = (m.float().eval() for m in (components.unet, components.vae, components.text_encoder))
+    data = build_dataset(12, 64, seed=5, tokenizer=load_clip_tokenizer())
+    means, stds = posterior_moments(vae, data.images)
+    options = SamplingOptions(count=5, first_step=(14, 18), guidance=(4, 9), batch_size=3, seed=0)
+    config = components.scheduler_config
+    first = sample_latents(unet, text_encoder, config, data, means, vae.config.scaling_factor, options)
+    second = sample_latents(unet, text_encoder, config, data, means, vae.config.scaling_factor, options)
+    assert first.latents.shape == (5, 4, 8, 8) and torch.equal(first.latents, second.latents)
+    assert torch.equal(first.indices, second.indices) and int(first.indices.max()) < 12
+    # a sample differs from the clean latent it started from (the model drew part of it)
+    assert not torch.allclose(first.latents, means[first.indices], atol=1e-3)
+
+    encoder = [p.detach().clone() for p in vae.encoder.parameters()]
+    decoder = [p.detach().clone() for p in vae.decoder.parameters()]
+    refine_decoder(vae, data.images, (means, stds), steps=2, batch_size=4, learning_rate=1e-3, seed=0,
+                   sampled=first, sampled_per_batch=2)
+    assert all(torch.equal(a, b) for a, b in zip(encoder, vae.encoder.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(decoder, vae.decoder.parameters()))
+
+
+def test_refit_decoder_runs_only_the_last_stage_on_a_checkpoint(tmp_path):
+    base = train(TINY, tmp_path / "base.safetensors", log=lambda _: None)
+    lines = []
+    out = refit_decoder(TINY, base, tmp_path / "refit.safetensors", log=lines.append)
+    assert any("sampled 6 latents" in line for line in lines)
+    before, _ = read_checkpoint(base)
+    after, _ = read_checkpoint(out)
+    kept = ("model.diffusion_model.", "cond_stage_model.", "first_stage_model.encoder.")
+    unchanged = [k for k in before if k.startswith(kept)]
+    assert unchanged and all(torch.equal(before[k], after[k]) for k in unchanged)
+    decoder = [k for k in before if k.startswith("first_stage_model.decoder.")]
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)

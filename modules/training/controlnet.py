@@ -4,8 +4,9 @@ ControlNet (Zhang et al. 2023): a trainable copy of the UNet's encoder and middl
 plus a control image (through a small convolutional "hint" encoder that downsamples it ×8 to the latent size);
 zero-initialised 1×1 convolutions add its features to the frozen UNet's skip connections and middle block, so
 training starts exactly at the base model. Loss: the base model's own objective, min-SNR-γ weighted ε-MSE on
-SD's DDPM schedule, with the ControlNet residuals added. Captions are dropped for a share of samples so that
-classifier-free guidance (which runs the ControlNet on the empty prompt too) keeps the outline.
+SD's DDPM schedule, with the ControlNet residuals added — by default on the classifier-free-guided prediction
+that sampling uses (`guided_controlnet_loss`). Captions are dropped for a share of samples, as for any model
+that is sampled with guidance.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from transformers import CLIPTextModel
 
 from modules.training.controlnet_data import ControlDataset, control_batch
 from modules.training.dataset import caption_batch
-from modules.training.denoiser import ExponentialMovingAverage, latent_batch
-from modules.training.vae import warmup_cosine
+from modules.training.denoiser import add_noise, latent_batch, weighted_error
+from modules.training.optimise import ExponentialMovingAverage, Optimisation, optimise
 
 # Hint encoder: three stride-2 convolutions (×8, the VAE's factor) over four levels, as lllyasviel's — the
 # A1111/LDM key layout hard-codes four (its last convolution is `input_hint_block.14`). Narrower than his
@@ -48,13 +49,13 @@ def build_controlnet(unet: UNet2DConditionModel, seed: int = 0) -> ControlNetMod
 @dataclass(frozen=True)
 class ControlNetTraining:
     steps: int
-    batch_size: int
+    batch_size: int  # samples per step (a guided step runs each twice: with and without its caption)
     learning_rate: float
     ema_decay: float
     caption_dropout: float  # share of empty prompts, for classifier-free guidance
-    controlnet_caption_dropout: float  # share of empty prompts for the ControlNet alone (see module docstring)
+    max_guidance: float  # 1: plain ε loss; > 1: guided ε loss with scales drawn from [1, max_guidance]
     snr_gamma: float
-    hires_share: float  # share of control maps made at 512 px (see controlnet_data.control_batch)
+    hires_share: float  # share of control maps made at high resolution (see controlnet_data.control_batch)
     seed: int
 
 
@@ -70,42 +71,48 @@ class FrozenModel:
 @dataclass
 class ControlBatch:
     latents: Tensor  # [B, 4, h, w], already × scaling factor
-    token_ids: Tensor  # [B, 77]: the UNet's prompt
+    token_ids: Tensor  # [B, 77]: the prompts (some dropped to the empty prompt)
     control: Tensor  # [B, 3, H, W] in [0, 1]
-    controlnet_token_ids: Tensor  # [B, 77]: the ControlNet's prompt (the UNet's, or empty)
+    empty_ids: Tensor  # [77]: the empty prompt, the unconditional branch of guidance
+
+
+def controlled_prediction(controlnet: ControlNetModel, unet: UNet2DConditionModel, noisy: Tensor, timesteps: Tensor,
+                          context: Tensor, control: Tensor) -> Tensor:
+    """ε̂ = UNet(x_t, t, c; + ControlNet(x_t, t, c, control) residuals), as the pipelines run it."""
+    down, middle = controlnet(noisy, timesteps, context, controlnet_cond=control, return_dict=False)
+    return unet(noisy, timesteps, context, down_block_additional_residuals=down,
+                mid_block_additional_residual=middle).sample
 
 
 def controlnet_loss(controlnet: ControlNetModel, frozen: FrozenModel, batch: ControlBatch,
                     generator: torch.Generator, snr_gamma: float) -> Tensor:
-    """min-SNR-γ weighted ε-MSE of UNet(x_t, t, c; residuals = ControlNet(x_t, t, c, control)).
-
-    x_t = √ᾱ·x₀ + √(1 − ᾱ)·ε; w(t) = min(SNR, γ) / SNR with SNR = ᾱ / (1 − ᾱ).
-    """
-    latents = batch.latents
-    device = latents.device
-    schedule = frozen.noise_schedule
-    noise = torch.randn(latents.shape, generator=generator).to(device)
-    timesteps = torch.randint(schedule.config.num_train_timesteps, (len(latents),), generator=generator)
-    alphas_cumprod = schedule.alphas_cumprod[timesteps].to(device)
-    timesteps = timesteps.to(device)
-    noisy = schedule.add_noise(latents, noise, timesteps)
+    """min-SNR-γ weighted ε-MSE of the controlled prediction."""
+    noised = add_noise(frozen.noise_schedule, batch.latents, generator, snr_gamma)
     with torch.no_grad():
         context = frozen.text_encoder(batch.token_ids).last_hidden_state
-        controlnet_context = frozen.text_encoder(batch.controlnet_token_ids).last_hidden_state
-    down, middle = controlnet(noisy, timesteps, controlnet_context, controlnet_cond=batch.control,
-                              return_dict=False)
-    predicted = frozen.unet(noisy, timesteps, context, down_block_additional_residuals=down,
-                            mid_block_additional_residual=middle).sample
-    snr = alphas_cumprod / (1.0 - alphas_cumprod)
-    weight = torch.clamp(snr, max=snr_gamma) / snr
-    per_sample = (predicted - noise).pow(2).mean(dim=(1, 2, 3))
-    return (weight * per_sample).mean()
+    return weighted_error(noised, controlled_prediction(controlnet, frozen.unet, noised.noisy, noised.timesteps,
+                                                        context, batch.control))
 
 
-def drop_captions(token_ids: Tensor, empty_ids: Tensor, generator: torch.Generator, dropout: float) -> Tensor:
-    """A copy of `token_ids` with each row replaced by the empty prompt with probability `dropout`."""
-    dropped = torch.rand(len(token_ids), generator=generator) < dropout
-    return torch.where(dropped[:, None], empty_ids[None], token_ids)
+def guided_controlnet_loss(controlnet: ControlNetModel, frozen: FrozenModel, batch: ControlBatch,
+                           generator: torch.Generator, snr_gamma: float, max_guidance: float) -> Tensor:
+    """min-SNR-γ weighted ε-MSE of the classifier-free-guided prediction, the one sampling uses:
+    ε̂ = ε̂(∅) + s·(ε̂(c) − ε̂(∅)), s ~ U[1, max_guidance], the ControlNet in both branches (Balanced mode).
+
+    With the plain loss the guided prediction is never trained: at CFG 7 it overshot into textured
+    backgrounds and lost the outline (mean IoU 0.69 at CFG 7 against 0.83 at CFG 3). Here the unconditional
+    branch learns what it must for the guided result to land on the image.
+    """
+    count = len(batch.latents)
+    noised = add_noise(frozen.noise_schedule, batch.latents, generator, snr_gamma)
+    scale = 1.0 + (max_guidance - 1.0) * torch.rand(count, generator=generator).to(batch.latents.device)
+    with torch.no_grad():
+        empty = batch.empty_ids[None].expand(count, -1)
+        context = frozen.text_encoder(torch.cat([empty, batch.token_ids])).last_hidden_state
+    both = controlled_prediction(controlnet, frozen.unet, torch.cat([noised.noisy] * 2),
+                                 torch.cat([noised.timesteps] * 2), context, torch.cat([batch.control] * 2))
+    unconditional, conditional = both[:count], both[count:]
+    return weighted_error(noised, unconditional + scale[:, None, None, None] * (conditional - unconditional))
 
 
 def freeze(frozen: FrozenModel) -> None:
@@ -121,30 +128,23 @@ def train_controlnet(controlnet: ControlNetModel, frozen: FrozenModel, dataset: 
     """Train `controlnet` in place; returns its EMA (call `copy_to_models()` to ship the averaged weights)."""
     freeze(frozen)
     generator = torch.Generator().manual_seed(options.seed)
-    parameters = list(controlnet.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=options.learning_rate, weight_decay=0.01)
-    warmup = min(100, options.steps // 10 + 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(options.steps, warmup))
-    ema = ExponentialMovingAverage([controlnet], options.ema_decay)
-    controlnet.train()
     means, stds = latents
-    for step in range(options.steps):
+
+    def step_loss() -> Tensor:
         indices = torch.randint(len(dataset), (options.batch_size,), generator=generator)
-        token_ids = caption_batch(dataset.shapes, indices, generator, options.caption_dropout)
         batch = ControlBatch(
-            latent_batch(means, stds, indices, generator).to(device), token_ids.to(device),
+            latent_batch(means, stds, indices, generator).to(device),
+            caption_batch(dataset.shapes, indices, generator, options.caption_dropout).to(device),
             control_batch(dataset, indices, generator, options.hires_share).to(device),
-            drop_captions(token_ids, dataset.shapes.empty_ids, generator,
-                          options.controlnet_caption_dropout).to(device),
+            dataset.shapes.empty_ids.to(device),
         )
-        loss = controlnet_loss(controlnet, frozen, batch, generator, options.snr_gamma)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        scheduler.step()
-        ema.update()
-        if on_step is not None:
-            on_step(step, loss.item())
-    controlnet.eval()
+        if options.max_guidance > 1.0:
+            return guided_controlnet_loss(controlnet, frozen, batch, generator, options.snr_gamma,
+                                          options.max_guidance)
+        return controlnet_loss(controlnet, frozen, batch, generator, options.snr_gamma)
+
+    schedule = Optimisation(options.steps, options.learning_rate, warmup=min(100, options.steps // 10 + 1),
+                            weight_decay=0.01, ema_decay=options.ema_decay)
+    ema = optimise([controlnet], list(controlnet.parameters()), step_loss, schedule, on_step)
+    assert ema is not None
     return ema

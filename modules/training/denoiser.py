@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from modules.training.dataset import ShapesDataset, caption_batch
-from modules.training.vae import warmup_cosine
+from modules.training.optimise import ExponentialMovingAverage, Optimisation, optimise
 
 HEAD_WIDTH = 64  # CLIP text encoders use 64 channels per head; the loader infers heads the same way
 
@@ -45,27 +45,6 @@ def build_unet(family_config: dict[str, Any], channels: tuple[int, ...], cross_a
     return UNet2DConditionModel.from_config(config)
 
 
-class ExponentialMovingAverage:
-    """Shadow copy of parameters: θ̄ ← d·θ̄ + (1 − d)·θ, with d = min(decay, (1 + n)/(10 + n)) early on."""
-
-    def __init__(self, modules: list[nn.Module], decay: float) -> None:
-        self.parameters = [p for m in modules for p in m.parameters()]
-        self.shadow = [p.detach().clone() for p in self.parameters]
-        self.decay = decay
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.parameters], 1.0 - decay)
-
-    @torch.no_grad()
-    def copy_to_models(self) -> None:
-        for shadow, param in zip(self.shadow, self.parameters):
-            param.copy_(shadow)
-
-
 @dataclass
 class DenoiserBatch:
     latents: Tensor  # [B, 4, h, w], already × scaling factor
@@ -78,22 +57,37 @@ def latent_batch(means: Tensor, stds: Tensor, indices: Tensor, generator: torch.
     return mean + std * torch.randn(mean.shape, generator=generator)
 
 
-def denoising_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, noise_schedule: DDPMScheduler,
-                   batch: DenoiserBatch, generator: torch.Generator, snr_gamma: float) -> Tensor:
-    """min-SNR-γ weighted ε-prediction loss: w(t) = min(SNR(t), γ) / SNR(t), SNR = ᾱ / (1 − ᾱ)."""
-    latents = batch.latents
+@dataclass
+class NoisedBatch:
+    noise: Tensor  # ε
+    timesteps: Tensor
+    noisy: Tensor  # x_t = √ᾱ·x₀ + √(1 − ᾱ)·ε
+    weight: Tensor  # min-SNR-γ: w(t) = min(SNR, γ) / SNR with SNR = ᾱ / (1 − ᾱ)
+
+
+def add_noise(schedule: DDPMScheduler, latents: Tensor, generator: torch.Generator, snr_gamma: float) -> NoisedBatch:
+    """Noise each latent at a uniform random DDPM timestep; returns x_t, ε, t and the loss weight."""
     device = latents.device
     noise = torch.randn(latents.shape, generator=generator).to(device)
-    timesteps = torch.randint(noise_schedule.config.num_train_timesteps, (len(latents),), generator=generator)
-    alphas_cumprod = noise_schedule.alphas_cumprod[timesteps].to(device)
+    timesteps = torch.randint(schedule.config.num_train_timesteps, (len(latents),), generator=generator)
+    alphas_cumprod = schedule.alphas_cumprod[timesteps].to(device)
     timesteps = timesteps.to(device)
-    noisy = noise_schedule.add_noise(latents, noise, timesteps)  # √ᾱ·x₀ + √(1 − ᾱ)·ε
-    context = text_encoder(batch.token_ids).last_hidden_state
-    predicted = unet(noisy, timesteps, context).sample
     snr = alphas_cumprod / (1.0 - alphas_cumprod)
-    weight = torch.clamp(snr, max=snr_gamma) / snr
-    per_sample = (predicted - noise).pow(2).mean(dim=(1, 2, 3))
-    return (weight * per_sample).mean()
+    return NoisedBatch(noise, timesteps, schedule.add_noise(latents, noise, timesteps),
+                       torch.clamp(snr, max=snr_gamma) / snr)
+
+
+def weighted_error(noised: NoisedBatch, predicted: Tensor) -> Tensor:
+    """Σ w(t)·‖ε̂ − ε‖² / n: the min-SNR-weighted ε-prediction loss."""
+    return (noised.weight * (predicted - noised.noise).pow(2).mean(dim=(1, 2, 3))).mean()
+
+
+def denoising_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, noise_schedule: DDPMScheduler,
+                   batch: DenoiserBatch, generator: torch.Generator, snr_gamma: float) -> Tensor:
+    """min-SNR-γ weighted ε-prediction loss of UNet(x_t, t, text)."""
+    noised = add_noise(noise_schedule, batch.latents, generator, snr_gamma)
+    context = text_encoder(batch.token_ids).last_hidden_state
+    return weighted_error(noised, unet(noised.noisy, noised.timesteps, context).sample)
 
 
 @dataclass(frozen=True)
@@ -114,27 +108,16 @@ def train_denoiser(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, nois
     """Train both models in place; returns their EMA (call `copy_to_models()` to ship the averaged weights)."""
     generator = torch.Generator().manual_seed(options.seed)
     modules = [unet, text_encoder]
-    parameters = [p for m in modules for p in m.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=options.learning_rate, weight_decay=0.01)
-    warmup = min(200, options.steps // 10 + 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(options.steps, warmup))
-    ema = ExponentialMovingAverage(modules, options.ema_decay)
-    for module in modules:
-        module.train()
     means, stds = latents
-    for step in range(options.steps):
+
+    def step_loss() -> Tensor:
         indices = torch.randint(len(dataset), (options.batch_size,), generator=generator)
         batch = DenoiserBatch(latent_batch(means, stds, indices, generator).to(device),
                               caption_batch(dataset, indices, generator, options.caption_dropout).to(device))
-        loss = denoising_loss(unet, text_encoder, noise_schedule, batch, generator, options.snr_gamma)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        scheduler.step()
-        ema.update()
-        if on_step is not None:
-            on_step(step, loss.item())
-    for module in modules:
-        module.eval()
+        return denoising_loss(unet, text_encoder, noise_schedule, batch, generator, options.snr_gamma)
+
+    schedule = Optimisation(options.steps, options.learning_rate, warmup=min(200, options.steps // 10 + 1),
+                            weight_decay=0.01, ema_decay=options.ema_decay)
+    ema = optimise(modules, [p for m in modules for p in m.parameters()], step_loss, schedule, on_step)
+    assert ema is not None
     return ema

@@ -42,12 +42,12 @@ class Recipe:
     seed: int = 0
     scenes: int = 2500
     captions_per_scene: int = 4
-    steps: int = 1000
-    batch: int = 32
+    steps: int = 2500
+    batch: int = 16  # scenes per step; the guided loss runs each twice (with and without its caption)
     learning_rate: float = 1e-3
     ema_decay: float = 0.995
     caption_dropout: float = 0.3
-    controlnet_caption_dropout: float = 0.0
+    max_guidance: float = 8.0
     snr_gamma: float = 5.0
     hires_share: float = 0.5
 
@@ -86,7 +86,7 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
     options = ControlNetTraining(
         steps=recipe.steps, batch_size=recipe.batch, learning_rate=recipe.learning_rate,
         ema_decay=recipe.ema_decay, caption_dropout=recipe.caption_dropout,
-        controlnet_caption_dropout=recipe.controlnet_caption_dropout, snr_gamma=recipe.snr_gamma,
+        max_guidance=recipe.max_guidance, snr_gamma=recipe.snr_gamma,
         hires_share=recipe.hires_share, seed=recipe.seed + 1)
     bar, on_step = progress(recipe.steps, "ControlNet")
     ema = train_controlnet(controlnet, frozen, dataset, latents, options, device, on_step)

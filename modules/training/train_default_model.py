@@ -4,7 +4,8 @@
 
 Stages (fixed seeds throughout): render the shapes dataset → train the VAE → encode every image once →
 warm up the text encoder on caption attributes → train text encoder + UNet together with EMA → refine the VAE
-decoder on the frozen encoder's latents → export the fp16 single file. Score it with
+decoder on the frozen encoder's latents → fit the decoder to latents the finished model generates
+(`decoder_samples`) → export the fp16 single file. Score it with
 ``python benchmarks/shapes_adherence.py``. Defaults reproduce the shipped file on a 2-core CPU in about 78
 minutes; a GPU is used when present (``--device auto``). Bit-exact equality of the weights needs the same
 device, thread count and library versions.
@@ -23,7 +24,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from diffusers import DDPMScheduler
+from diffusers import AutoencoderKL, DDPMScheduler
 from tqdm import tqdm
 
 from modules.models.architecture import family_config
@@ -31,6 +32,7 @@ from modules.models.detect import detect_family
 from modules.models.loader import load_components, read_checkpoint
 from modules.models.tokenizer import load_clip_tokenizer
 from modules.training.dataset import ShapesDataset, build_dataset
+from modules.training.decoder_samples import SamplingOptions, sample_latents
 from modules.training.denoiser import DenoiserTraining, build_text_encoder, build_unet, train_denoiser
 from modules.training.export import export_checkpoint, model_metadata
 from modules.training.text_pretrain import labels_for_captions, pretrain_text_encoder
@@ -59,6 +61,13 @@ class Recipe:
     vae_kl_weight: float = 1e-6
     decoder_steps: int = 800  # decoder-only refinement on the frozen encoder's latents
     decoder_learning_rate: float = 1e-3
+    # Last stage: the decoder learns from latents the denoiser generated (see decoder_samples)
+    sampled_latents: int = 4096
+    sampling_first_step: tuple[int, int] = (5, 14)  # of 20: strength 0.75 … 0.3
+    sampling_guidance: tuple[int, int] = (4, 9)
+    sample_fit_steps: int = 800
+    sample_fit_per_batch: int = 3  # of vae_batch; the rest are clean encoder latents
+    sample_fit_learning_rate: float = 5e-4
     text_hidden: int = 64
     text_layers: int = 2
     text_warmup_steps: int = 300
@@ -143,7 +152,30 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
     refine_decoder(vae, dataset.images, (means, stds), steps=recipe.decoder_steps, batch_size=recipe.vae_batch,
                    learning_rate=recipe.decoder_learning_rate, seed=recipe.seed + 4, device=device, on_step=on_step)
     bar.close()
+    fit_decoder_to_samples(recipe, dataset, vae, unet, text_encoder, (means, stds), device, log)
+    return write_checkpoint(recipe, out, unet, vae, text_encoder, started, log)
 
+
+def fit_decoder_to_samples(recipe: Recipe, dataset: ShapesDataset, vae: AutoencoderKL, unet: torch.nn.Module,
+                           text_encoder: torch.nn.Module, moments: tuple[torch.Tensor, torch.Tensor],
+                           device: torch.device, log: Callable[[str], None]) -> None:
+    """The last stage: generate latents with the finished denoiser, then train the decoder on them and on
+    clean latents (`moments`: standardised posterior means and stds of every dataset image, unscaled)."""
+    started = time.time()
+    options = SamplingOptions(count=recipe.sampled_latents, first_step=recipe.sampling_first_step,
+                              guidance=recipe.sampling_guidance, batch_size=64, seed=recipe.seed + 5)
+    sampled = sample_latents(unet, text_encoder, family_config(FAMILY, "scheduler/scheduler_config.json"), dataset,
+                             moments[0], vae.config.scaling_factor, options, device)
+    log(f"sampled {len(sampled.latents)} latents for the decoder ({time.time() - started:.0f} s)")
+    bar, on_step = progress(recipe.sample_fit_steps, "VAE decoder on the model's samples")
+    refine_decoder(vae, dataset.images, moments, steps=recipe.sample_fit_steps, batch_size=recipe.vae_batch,
+                   learning_rate=recipe.sample_fit_learning_rate, seed=recipe.seed + 6, device=device,
+                   on_step=on_step, sampled=sampled, sampled_per_batch=recipe.sample_fit_per_batch)
+    bar.close()
+
+
+def write_checkpoint(recipe: Recipe, out: Path, unet: torch.nn.Module, vae: AutoencoderKL,
+                     text_encoder: torch.nn.Module, started: float, log: Callable[[str], None]) -> Path:
     metadata = model_metadata(
         native_size=recipe.image_size, recipe=dataclasses.asdict(recipe), title="shapes-v1",
         description="Tiny text-to-image model trained in-repo on the generated shapes world "
@@ -151,6 +183,24 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
     path = export_checkpoint(out, unet, vae, text_encoder, metadata)
     log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {(time.time() - started) / 60:.1f} min")
     return path
+
+
+def refit_decoder(recipe: Recipe, checkpoint: Path, out: Path, device: torch.device = torch.device("cpu"),
+                  log: Callable[[str], None] = print) -> Path:
+    """Run only the last stage on a checkpoint this command's earlier stages wrote (the stage cache of
+    `--refit-decoder`): same dataset, its UNet, text encoder and VAE; writes the result to `out`."""
+    started = time.time()
+    torch.manual_seed(recipe.seed)
+    dataset = build_dataset(recipe.scenes, recipe.image_size, recipe.seed, load_clip_tokenizer(),
+                            recipe.captions_per_scene)
+    state_dict, metadata = read_checkpoint(checkpoint)
+    components = load_components(state_dict, detect_family(state_dict, metadata), metadata=metadata)
+    unet, vae, text_encoder = (m.float().to(device).eval()
+                               for m in (components.unet, components.vae, components.text_encoder))
+    moments = posterior_moments(vae, dataset.images)  # already standardised: the file's VAE has it folded in
+    log(f"dataset and latents from {checkpoint} ({time.time() - started:.0f} s)")
+    fit_decoder_to_samples(recipe, dataset, vae, unet, text_encoder, moments, device, log)
+    return write_checkpoint(recipe, out, unet, vae, text_encoder, started, log)
 
 
 def train_text_and_unet(recipe: Recipe, dataset: ShapesDataset, latents: tuple[torch.Tensor, torch.Tensor],
@@ -201,6 +251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae-only", action="store_true", help="stop after the VAE stage (needs --vae-stage)")
     parser.add_argument("--denoiser-stage", type=Path, default=None,
                         help="reuse the UNet + text encoder of this checkpoint (written by this command, same recipe)")
+    parser.add_argument("--refit-decoder", type=Path, default=None, metavar="CKPT",
+                        help="run only the last stage (decoder on the model's samples) on this checkpoint")
     return parser.parse_args(argv)
 
 
@@ -212,6 +264,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     recipe = dataclasses.replace(Recipe(), seed=args.seed, unet_steps=args.steps, vae_steps=args.vae_steps,
                                  scenes=args.scenes)
+    if args.refit_decoder is not None:
+        refit_decoder(recipe, args.refit_decoder, args.out, resolve_device(args.device))
+        return
     train(recipe, args.out, resolve_device(args.device), vae_file=args.vae_stage, stop_after_vae=args.vae_only,
           denoiser_file=args.denoiser_stage)
 
