@@ -5,7 +5,7 @@ what a user sets up in the UI: model shapes-canny-v1, preprocessor canny (thresh
 control image, pixel perfect (the canny runs at the 64 px output size: a 64 px image enlarged to the default
 512 px processor resolution gets too soft for the canny thresholds, in the A1111 extension too). Default request
 otherwise: DPM++ 2M Karras, 20 steps, CFG 7, weight 1. Measure: IoU of the shape masks of image and scene
-(benchmarks/shapes_controlnet.py; on its 32 scenes: see docs/default-model.md).
+(benchmarks/shapes_controlnet.py; on its 32 scenes: see models/ControlNet/README.md).
 """
 import numpy as np
 import pytest
@@ -18,9 +18,6 @@ from modules.shapes.world import render
 
 CONTROLNET = PROJECT_ROOT / "models" / "ControlNet" / "shapes-canny-v1.safetensors"
 MAX_FILE_BYTES = 8 * 1024 * 1024
-# Runs as soon as the file ships (issue 6: the training runs so far reach a mean IoU of 0.66-0.74, so it is not
-# in the repository yet; see models/ControlNet/README.md).
-pytestmark = pytest.mark.skipif(not CONTROLNET.exists(), reason="shapes-canny-v1.safetensors is not shipped yet")
 
 
 @pytest.fixture(scope="module")
