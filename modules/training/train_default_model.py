@@ -6,9 +6,9 @@ Stages (fixed seeds throughout): render the shapes dataset → train the VAE →
 warm up the text encoder on caption attributes → train text encoder + UNet together with EMA → refine the VAE
 decoder on the frozen encoder's latents → fit the decoder to latents the finished model generates
 (`decoder_samples`) → export the fp16 single file. Score it with
-``python benchmarks/shapes_adherence.py``. Defaults reproduce the shipped file on a 2-core CPU in about 78
-minutes; a GPU is used when present (``--device auto``). Bit-exact equality of the weights needs the same
-device, thread count and library versions.
+``python benchmarks/shapes_adherence.py``. Defaults reproduce the shipped file on a 2-core CPU in about 1.5 hours
+(docs/default-model.md); a GPU is used when present (``--device auto``). Bit-exact equality of the weights needs the
+same device, thread count and library versions.
 """
 from __future__ import annotations
 
