@@ -24,9 +24,8 @@ from modules.ui import extensions_form, extensions_tab, settings_tab
 from modules.ui.scripts_form import SCRIPT_FIELD, submit_with_scripts
 from modules.ui.txt2img_form import default_form_values, request_from_form
 from tests.fixtures.tiny_models import write_tiny_sd15_single_file
-from tests.test_api import API, serve_app
+from tests.test_api import API, SMALL, serve_app, txt2img
 
-SMALL = {"width": 64, "height": 64, "steps": 2, "seed": 1234, "sampler_name": "Euler"}
 
 MANIFEST = """name = "{name}"
 version = "0.1.0"
@@ -115,12 +114,6 @@ def server(tmp_path_factory):
         yield client, app
     handle.stop()
     app.jobs.shutdown()
-
-
-def txt2img(client: httpx.Client, **fields) -> dict:
-    response = client.post(f"{API}/txt2img", json={**SMALL, **fields})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def statuses(client: httpx.Client) -> dict[str, dict]:
