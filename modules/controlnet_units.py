@@ -6,7 +6,8 @@ Accepted as the extension accepts them (API version 3): `enabled` (absent = a un
 `mask_image` / `effective_region_mask`, `module` (id or UI alias), `model` (title, stem, stem with another hash, or a
 part of a stem), `weight`, `resize_mode` and `control_mode` (index or name, legacy names too), `processor_res` and
 thresholds (below the slider's minimum = the module default, above its maximum = the maximum), `guidance_start`,
-`guidance_end` (legacy `guidance`), `pixel_perfect`; `low_vram`, `hr_option` and other advanced keys are ignored.
+`guidance_end` (legacy `guidance`), `pixel_perfect`, `hr_option` ("Both", "Low res only", "High res only", the
+enum forms "HiResFixOption.BOTH" / "LOW_RES_ONLY", any case, or 0..2); `low_vram` and other advanced keys are ignored.
 Unknown models and modules, missing weights and bad values raise RequestError (HTTP 422) naming the unit.
 """
 from __future__ import annotations
@@ -20,8 +21,8 @@ from PIL import Image
 
 from modules.engine.images import decode_image_base64
 from modules.engine.preprocessors import RESOLUTION, PreprocessorError, PreprocessorSpec, Slider
-from modules.engine.request import (CONTROL_MODES, CONTROL_RESIZE_MODES, MAX_CONTROLNET_UNITS, ControlNetUnit,
-                                    GenerationRequest, RequestError)
+from modules.engine.request import (CONTROL_MODES, CONTROL_RESIZE_MODES, HR_OPTIONS, MAX_CONTROLNET_UNITS,
+                                    ControlNetUnit, GenerationRequest, RequestError)
 from modules.engine.result import GenerationResult
 from modules.extensions.api import Script
 from modules.models.controlnets import UnknownControlNetError
@@ -38,7 +39,8 @@ MAX_API_WEIGHT = 2.0  # security notes §5: CN weight 0..2
 RESIZE_MODE_ALIASES = {"inner fit (scale to fit)": "Crop and Resize", "outer fit (shrink to fit)": "Resize and Fill",
                        "scale to fit (inner fit)": "Crop and Resize", "envelope (outer fit)": "Resize and Fill",
                        "just resize (latent upscale)": "Just Resize"}
-IGNORED_KEYS = ("low_vram", "lowvram", "hr_option", "advanced_weighting", "union_control_type",
+NO_DETECTMAP = "control_net_no_detectmap"  # the extension's setting, also accepted in API override_settings
+IGNORED_KEYS = ("low_vram", "lowvram", "advanced_weighting", "union_control_type",
                 "inpaint_crop_input_image", "batch_images", "ipadapter_input")
 
 
@@ -85,7 +87,8 @@ def unit_from_api(index: int, data: Mapping[str, Any], app: App) -> ControlNetUn
         resize_mode=choice_index(where, "resize_mode", data.get("resize_mode", 1), CONTROL_RESIZE_MODES,
                                  RESIZE_MODE_ALIASES),
         processor_res=resolution, threshold_a=threshold_a, threshold_b=threshold_b,
-        pixel_perfect=bool(data.get("pixel_perfect", False)))
+        pixel_perfect=bool(data.get("pixel_perfect", False)),
+        hr_option=hr_option_index(where, data.get("hr_option", HR_OPTIONS[0])))
 
 
 def _module(where: str, module: Any, app: App) -> PreprocessorSpec:
@@ -154,6 +157,20 @@ def choice_index(where: str, name: str, value: Any, choices: tuple[str, ...],
         if 0 <= value < len(choices):
             return value
     raise RequestError(f"{where}: {name} must be one of {', '.join(choices)} (or 0..{len(choices) - 1}), "
+                       f"got {value!r}")
+
+
+def hr_option_index(where: str, value: Any) -> int:
+    """The extension's HiResFixOption.from_value: a label ("Low res only"), its enum member name with or without the
+    class ("HiResFixOption.LOW_RES_ONLY", "low_res_only"), any case, or an index."""
+    if isinstance(value, str):
+        name = value.strip().lower().removeprefix("hiresfixoption.")
+        for index, label in enumerate(HR_OPTIONS):
+            if name in (label.lower(), label.lower().replace(" ", "_")):
+                return index
+    elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(HR_OPTIONS):
+        return value
+    raise RequestError(f"{where}: hr_option must be one of {', '.join(HR_OPTIONS)} (or 0..{len(HR_OPTIONS) - 1}), "
                        f"got {value!r}")
 
 

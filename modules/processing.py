@@ -51,7 +51,9 @@ def run_job(app: App, job: Job) -> GenerationResult:
             restore_checkpoint(app)
     if len(result.images) > 1 and settings.return_grid:
         result.grid = make_grid(result.images)
-    if settings.control_net_no_detectmap:  # the ControlNet extension's setting: no maps in the gallery nor the API
+    # the ControlNet extension's setting (or this request's override_settings): no maps in the gallery nor the API
+    no_maps = request.controlnet_no_detectmap
+    if settings.control_net_no_detectmap if no_maps is None else no_maps:
         result.detected_maps = []
     app.extensions.after_job(result)  # before saving: an extension may post-process the images
     save_outputs(app, result)

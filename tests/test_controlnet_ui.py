@@ -83,8 +83,8 @@ def test_unit_text_splits_into_fields_in_the_current_and_the_legacy_format() -> 
         "module": "canny", "model": "control_sd15_canny [fef5e48e]", "weight": "1", "guidance_start": "0.2",
         "guidance_end": "0.8", "resize_mode": "Crop and Resize", "pixel_perfect": "False",
         "control_mode": "Balanced", "processor_res": "512", "threshold_a": "100", "threshold_b": "200"}
-    newer = "Module: canny, Low Vram: False, Hr Option: Both, Save Detected Map: True"  # keys the UI has no field for
-    assert unit_fields(split_unit_text(newer)) == {"module": "canny"}
+    newer = "Module: canny, Low Vram: False, Hr Option: Both, Save Detected Map: True"  # the UI lacks the 2nd and 4th
+    assert unit_fields(split_unit_text(newer)) == {"module": "canny", "hr_option": "Both"}
 
 
 def test_models_match_by_title_then_name_then_hash() -> None:

@@ -14,6 +14,7 @@ from PIL import Image
 from modules.api.models import GenerationApiRequest, Img2ImgRequest, Txt2ImgRequest
 from modules.api.scripts import alwayson_applied, check_script_name
 from modules.api.styles import apply_styles, read_styles
+from modules.controlnet_units import NO_DETECTMAP
 from modules.engine.infotext import checkpoint_candidates, parse_infotext, request_fields_from_infotext
 from modules.engine.images import decode_image_base64
 from modules.engine.request import (
@@ -56,6 +57,7 @@ class RequestOverrides:
     checkpoint: str | None = None
     vae: str | None = None
     clip_skip: int | None = None
+    controlnet_no_detectmap: bool | None = None  # the ControlNet extension's control_net_no_detectmap
 
 
 def txt2img_request(body: Txt2ImgRequest, app: App) -> GenerationRequest:
@@ -97,6 +99,7 @@ def common_request(body: GenerationApiRequest, app: App) -> GenerationRequest:
         clip_skip=overrides.clip_skip, checkpoint=overrides.checkpoint, vae=overrides.vae,
         # A1111: save_images overrides do_not_save_samples / do_not_save_grid; the API does not save by default.
         save_images=body.save_images, save_grid=body.save_images,
+        controlnet_no_detectmap=overrides.controlnet_no_detectmap,
     )
 
 
@@ -183,10 +186,13 @@ def per_request_overrides(settings: dict[str, Any], app: App) -> RequestOverride
             raise RequestError(f"override_settings.CLIP_stop_at_last_layers must be an integer 1..12, "
                                f"got {clip_skip!r}")
         clip_skip = int(clip_skip)
-    ignored = sorted(set(settings) - {"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"})
+    no_detectmap = settings.get(NO_DETECTMAP)
+    if no_detectmap is not None and not isinstance(no_detectmap, bool):
+        raise RequestError(f"override_settings.{NO_DETECTMAP} must be true or false, got {no_detectmap!r}")
+    ignored = sorted(set(settings) - {"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", NO_DETECTMAP})
     if ignored:
         log.info("txt2img: override_settings %s are not applied per request", ignored)
-    return RequestOverrides(checkpoint=checkpoint, vae=vae, clip_skip=clip_skip)
+    return RequestOverrides(checkpoint=checkpoint, vae=vae, clip_skip=clip_skip, controlnet_no_detectmap=no_detectmap)
 
 
 def with_loadable_checkpoint(request: GenerationRequest, app: App) -> GenerationRequest:

@@ -17,6 +17,8 @@ Per unit, at UNet call i of n (A1111 counts sampling steps; diffusers' n counts 
     "ControlNet is more important" (and global-pooling models): residuals only on the conditional half of the
               CFG batch (diffusers puts the negative half first)
     hires pass: canny and mlsd units always use the soft scales (the extension forces it against artefacts)
+    hires fix: a unit's "Hr Option" picks its passes: "Low res only" skips the hires pass, "High res only" the
+              first one; without hires fix (and in img2img, which has no hires pass) every unit runs
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from torch import nn
 from modules.engine.img2img import plan_mask
 from modules.engine.preprocessors import (PreprocessorSpec, find_preprocessor, fit_control_map,
                                           pixel_perfect_resolution, to_array)
-from modules.engine.request import CONTROL_MODES, CONTROL_RESIZE_MODES, ControlNetUnit, GenerationRequest
+from modules.engine.request import (CONTROL_MODES, CONTROL_RESIZE_MODES, HR_OPTIONS, ControlNetUnit,
+                                    GenerationRequest)
 from modules.engine.resize import RESIZE_AND_FILL, resize_image
 
 if TYPE_CHECKING:
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 
 SOFT_BASE = 0.825  # lvmin's "magic number": 0.825^12 < 0.01
 BALANCED, PROMPT_MORE_IMPORTANT, CONTROL_MORE_IMPORTANT = range(len(CONTROL_MODES))
+BOTH_PASSES, LOW_RES_ONLY, HIGH_RES_ONLY = range(len(HR_OPTIONS))
 HIRES_SOFT_MODULES = ("canny", "mlsd")
 # xinsir union ControlNets: control type index by preprocessor family
 UNION_CONTROL_TYPES = {"OpenPose": 0, "Depth": 1, "SoftEdge": 2, "Canny": 3, "Lineart": 3, "MLSD": 3, "NormalMap": 4}
@@ -82,7 +86,8 @@ class ControlPlan:
     units: list[PreparedUnit]  # active units (weight ≠ 0)
     infotext: dict[str, str]  # "ControlNet N" → the extension's unit text
     unit_count: int
-    hires: bool = False
+    hires: bool = False  # this plan is for the hires pass
+    hires_fix: bool = False  # the job has a hires pass (the units' hr_option then picks their passes)
 
     def for_hires(self) -> ControlPlan:
         return dataclasses.replace(self, hires=True)
@@ -106,24 +111,38 @@ def prepare_control(model: EngineModel, request: GenerationRequest, services: Co
     if services is None:
         raise ValueError("ControlNet units were given but this engine has no ControlNet models or preprocessors")
     units, infotext = [], {}
+    hires_fix = has_hires_pass(request)
     for index, unit in enumerate(request.controlnet_units):
         try:
-            text, prepared = prepare_unit(index, unit, model, request, services, seed)
+            text, prepared = prepare_unit(index, unit, model, request, services, seed, hires_fix=hires_fix)
         except ValueError as error:  # unknown model or module, missing weights, family mismatch, failed detector
             raise ControlNetUnitError(f"ControlNet unit {index}: {error}") from error
         infotext[f"ControlNet {index}"] = text
         if prepared is not None:
             units.append(prepared)
-    return ControlPlan(units, infotext, len(request.controlnet_units))
+    return ControlPlan(units, infotext, len(request.controlnet_units), hires_fix=hires_fix)
+
+
+def has_hires_pass(request: GenerationRequest) -> bool:
+    return request.hires is not None and request.img2img is None
+
+
+def runs_in_pass(unit: ControlNetUnit, *, hires_fix: bool, hires_pass: bool) -> bool:
+    """The extension's HiResFixOption: without hires fix every unit runs; with it, "Low res only" units skip the
+    hires pass and "High res only" units skip the first pass."""
+    if not hires_fix:
+        return True
+    return unit.hr_option != (LOW_RES_ONLY if hires_pass else HIGH_RES_ONLY)
 
 
 def prepare_unit(index: int, unit: ControlNetUnit, model: EngineModel, request: GenerationRequest,
-                 services: ControlNetServices, seed: int) -> tuple[str, PreparedUnit | None]:
+                 services: ControlNetServices, seed: int, *,
+                 hires_fix: bool = False) -> tuple[str, PreparedUnit | None]:
     """(its infotext, the prepared unit — None for weight 0: nothing is loaded, the images equal a run without)."""
     spec = find_preprocessor(unit.module)
     image = unit_input(unit, request)
     resolution = unit_resolution(unit, image.size, request.width, request.height)
-    text = unit_infotext(unit, spec, services.title(unit.model), resolution)
+    text = unit_infotext(unit, spec, services.title(unit.model), resolution, hires_fix=hires_fix)
     if unit.weight == 0:
         return text, None
     detected = services.preprocess(spec.name, to_array(image), resolution=resolution,
@@ -155,9 +174,11 @@ def unit_resolution(unit: ControlNetUnit, image_size: tuple[int, int], width: in
     return unit.processor_res
 
 
-def unit_infotext(unit: ControlNetUnit, spec: PreprocessorSpec, title: str, resolution: int) -> str:
+def unit_infotext(unit: ControlNetUnit, spec: PreprocessorSpec, title: str, resolution: int, *,
+                  hires_fix: bool = False) -> str:
     """`Module: canny, Model: name [hash], Weight: 1.0, Resize Mode: …, Processor Res: 512, Threshold A: 100.0,
-    …, Control Mode: Balanced`; fields of sliders the module does not have are left out, as the extension does."""
+    …, Control Mode: Balanced` (+ `, Hr Option: Both` in hires-fix jobs, where the option means something);
+    fields of sliders the module does not have are left out, as the extension does."""
     fields: list[tuple[str, Any]] = [("Module", spec.label), ("Model", title), ("Weight", float(unit.weight)),
                                      ("Resize Mode", CONTROL_RESIZE_MODES[unit.resize_mode])]
     if spec.has_resolution:
@@ -166,6 +187,8 @@ def unit_infotext(unit: ControlNetUnit, spec: PreprocessorSpec, title: str, reso
         fields.append((name, float(value)))  # type: ignore[arg-type]
     fields += [("Guidance Start", float(unit.guidance_start)), ("Guidance End", float(unit.guidance_end)),
                ("Pixel Perfect", unit.pixel_perfect), ("Control Mode", CONTROL_MODES[unit.control_mode])]
+    if hires_fix:
+        fields.append(("Hr Option", HR_OPTIONS[unit.hr_option]))
     return ", ".join(f"{name}: {value}" for name, value in fields)
 
 
@@ -247,10 +270,12 @@ class ControlHook:
 
 def active_units(control: ControlPlan, width: int, height: int, device: torch.device,
                  dtype: torch.dtype) -> list[ActiveUnit]:
-    """The plan's units fitted to one pass's size."""
+    """The plan's units that run in this pass (hr_option), fitted to the pass's size."""
     units = []
     for prepared in control.units:
         unit = prepared.unit
+        if not runs_in_pass(unit, hires_fix=control.hires_fix, hires_pass=control.hires):
+            continue
         fitted = fit_control_map(prepared.detected, unit.resize_mode, width, height)
         hint = torch.from_numpy(fitted).permute(2, 0, 1)[None].to(device, dtype) / 255.0
         region = None
@@ -279,11 +304,12 @@ def union_control_type(prepared: PreparedUnit) -> int | None:
 @contextlib.contextmanager
 def attach(pipe: Any, control: ControlPlan | None, *, width: int, height: int) -> Iterator[None]:
     """Within the block, `pipe`'s UNet receives the plan's control; nothing happens without active units."""
-    if control is None or not control.units:
+    unet = pipe.unet
+    units = active_units(control, width, height, unet.device, unet.dtype) if control is not None else []
+    if not units:  # no units, or none for this pass: the UNet is not touched
         yield
         return
-    unet = pipe.unet
-    hook = ControlHook(pipe, active_units(control, width, height, unet.device, unet.dtype))
+    hook = ControlHook(pipe, units)
     handle = unet.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield

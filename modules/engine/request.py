@@ -70,6 +70,7 @@ class Img2ImgOptions:
 # The A1111 ControlNet extension's names (API ints index these).
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 CONTROL_RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
+HR_OPTIONS = ("Both", "Low res only", "High res only")  # which passes of a hires-fix job a unit controls
 MAX_CONTROLNET_UNITS = 8
 
 
@@ -90,6 +91,7 @@ class ControlNetUnit:
     threshold_a: float | None = None  # preprocessor-specific (canny: low threshold); None = its default
     threshold_b: float | None = None
     pixel_perfect: bool = False  # processor_res follows the generation size
+    hr_option: int = 0  # index into HR_OPTIONS; only matters with hires fix (without it the unit always runs)
 
 
 @dataclass
@@ -115,6 +117,7 @@ class GenerationRequest:
     clip_skip: int | None = None  # None = the CLIP_stop_at_last_layers setting
     checkpoint: str | None = None  # None = the loaded checkpoint; else any checkpoint id
     vae: str | None = None  # None = the sd_vae setting
+    controlnet_no_detectmap: bool | None = None  # None = the control_net_no_detectmap setting
     hires: HiresOptions | None = None
     img2img: Img2ImgOptions | None = None  # set ⇒ an img2img / inpaint job (mode "img2img")
     controlnet_units: list[ControlNetUnit] = field(default_factory=list)
@@ -170,6 +173,8 @@ class GenerationRequest:
         if unit.resize_mode not in range(len(CONTROL_RESIZE_MODES)):
             raise RequestError(f"{where}: resize_mode must be 0..2 ({', '.join(CONTROL_RESIZE_MODES)}), "
                                f"got {unit.resize_mode}")
+        if unit.hr_option not in range(len(HR_OPTIONS)):
+            raise RequestError(f"{where}: hr_option must be 0..2 ({', '.join(HR_OPTIONS)}), got {unit.hr_option}")
         if not 64 <= unit.processor_res <= MAX_SIZE:
             raise RequestError(f"{where}: processor_res must be between 64 and {MAX_SIZE}, got {unit.processor_res}")
         if unit.image is None and self.img2img is None:

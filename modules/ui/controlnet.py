@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from modules.engine.request import CONTROL_MODES, CONTROL_RESIZE_MODES
+from modules.engine.request import CONTROL_MODES, CONTROL_RESIZE_MODES, HR_OPTIONS
 from modules.ui.controlnet_form import (default_unit_values, field_name, missing_preprocessors_text, model_choices,
                                         module_choices, run_preview, slider_settings, unit_count, unit_values)
 from modules.ui.controlnet_paste import SLIDER_FIELDS
@@ -98,6 +98,9 @@ def _unit(app: App, fields: NamedComponents, prefix: str, index: int, defaults: 
                                  elem_id=f"{element}_control_mode"))
     add("resize_mode", gr.Radio(list(CONTROL_RESIZE_MODES), value=defaults["resize_mode"], label="Resize Mode",
                                 elem_id=f"{element}_resize_mode"))
+    if not img2img:  # img2img has no hires pass; the option only matters with txt2img's hires fix
+        add("hr_option", gr.Radio(list(HR_OPTIONS), value=defaults["hr_option"], label="Hires-Fix Option",
+                                  elem_id=f"{element}_hr_option"))
     return UnitControls(index, preview, allow_preview, run_preprocessor, refresh_models)
 
 

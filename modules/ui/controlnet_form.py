@@ -13,8 +13,8 @@ from PIL import Image
 
 from modules.engine.preprocessors import (RESOLUTION, PreprocessorError, PreprocessorSpec, find_preprocessor,
                                           pixel_perfect_resolution, to_array)
-from modules.engine.request import (CONTROL_MODES, CONTROL_RESIZE_MODES, MAX_CONTROLNET_UNITS, ControlNetUnit,
-                                    RequestError)
+from modules.engine.request import (CONTROL_MODES, CONTROL_RESIZE_MODES, HR_OPTIONS, MAX_CONTROLNET_UNITS,
+                                    ControlNetUnit, RequestError)
 
 if TYPE_CHECKING:
     from modules.app import App
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 NO_MODEL = "None"
 UNIT_FIELDS = ("enabled", "upload_independent", "image", "module", "model", "weight", "guidance_start",
                "guidance_end", "control_mode", "resize_mode", "pixel_perfect", "processor_res", "threshold_a",
-               "threshold_b")
+               "threshold_b", "hr_option")
 
 
 def field_name(unit: int, name: str) -> str:
@@ -39,7 +39,7 @@ def default_unit_values() -> dict[str, Any]:
             "weight": unit.weight, "guidance_start": unit.guidance_start, "guidance_end": unit.guidance_end,
             "control_mode": CONTROL_MODES[unit.control_mode], "resize_mode": CONTROL_RESIZE_MODES[unit.resize_mode],
             "pixel_perfect": unit.pixel_perfect, "processor_res": unit.processor_res, "threshold_a": 100.0,
-            "threshold_b": 200.0}
+            "threshold_b": 200.0, "hr_option": HR_OPTIONS[unit.hr_option]}
 
 
 def unit_values(values: Mapping[str, Any], unit: int) -> dict[str, Any]:
@@ -129,7 +129,8 @@ def unit_from_values(index: int, unit: Mapping[str, Any], *, img2img: bool) -> C
         control_mode=_index(unit.get("control_mode"), CONTROL_MODES), resize_mode=_index(unit.get("resize_mode"),
                                                                                          CONTROL_RESIZE_MODES, 1),
         processor_res=int(unit.get("processor_res") or RESOLUTION.value), threshold_a=thresholds[0],
-        threshold_b=thresholds[1], pixel_perfect=bool(unit.get("pixel_perfect")))
+        threshold_b=thresholds[1], pixel_perfect=bool(unit.get("pixel_perfect")),
+        hr_option=_index(unit.get("hr_option"), HR_OPTIONS))  # img2img forms have none: no hires pass there
 
 
 def control_image(unit: Mapping[str, Any], *, img2img: bool) -> Image.Image | None:

@@ -4,6 +4,8 @@ Our engine writes the A1111 extension's entries (modules/engine/controlnet.py un
     ControlNet 0: "Module: canny, Model: name [hash], Weight: 1.0, Resize Mode: Crop and Resize, Processor Res: 512,
                    Threshold A: 100.0, Threshold B: 200.0, Guidance Start: 0.0, Guidance End: 1.0,
                    Pixel Perfect: False, Control Mode: Balanced"
+(hires-fix jobs add `, Hr Option: Both` / `Low res only` / `High res only`; the enum form
+"HiResFixOption.LOW_RES_ONLY" is read too)
 The extension's older (1.1.2xx) lower-case form is read too: "preprocessor: canny, model: ..., weight: 1,
 starting/ending: (0, 1), resize mode: ..., pixel perfect: False, control mode: ...,
 preprocessor params: (512, 100, 200)".
@@ -22,10 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from modules.controlnet_units import RESIZE_MODE_ALIASES, choice_index
+from modules.controlnet_units import RESIZE_MODE_ALIASES, choice_index, hr_option_index
 from modules.engine.infotext import parse_infotext
 from modules.engine.preprocessors import PreprocessorError, find_preprocessor
-from modules.engine.request import CONTROL_MODES, CONTROL_RESIZE_MODES, RequestError
+from modules.engine.request import CONTROL_MODES, CONTROL_RESIZE_MODES, HR_OPTIONS, RequestError
 from modules.ui.controlnet_form import SliderSetting, field_name, model_choices, module_choices, slider_settings
 from modules.ui.controlnet_form import unit_count as configured_unit_count
 from modules.ui.paste import PastedInfotext
@@ -39,7 +41,7 @@ WEIGHT_RANGE, GUIDANCE_RANGE = (0.0, 2.0), (0.0, 1.0)  # the unit sliders' range
 KEY_FIELDS = {"module": "module", "preprocessor": "module", "model": "model", "weight": "weight",
               "resize mode": "resize_mode", "processor res": "processor_res", "threshold a": "threshold_a",
               "threshold b": "threshold_b", "guidance start": "guidance_start", "guidance end": "guidance_end",
-              "pixel perfect": "pixel_perfect", "control mode": "control_mode"}
+              "pixel perfect": "pixel_perfect", "control mode": "control_mode", "hr option": "hr_option"}
 LEGACY_TUPLES = {"starting/ending": ("guidance_start", "guidance_end"),
                  "preprocessor params": ("processor_res", "threshold_a", "threshold_b")}
 SLIDER_FIELDS = ("processor_res", "threshold_a", "threshold_b")
@@ -194,6 +196,12 @@ def _choice_values(where: str, raw: Mapping[str, str], warnings: list[str]) -> d
                 values[name] = labels[choice_index(where, name, value, labels, aliases)]
             except RequestError as error:
                 warnings.append(f"{error}; kept the current value")
+    if "hr_option" in raw:
+        value = int(raw["hr_option"]) if raw["hr_option"].isdigit() else raw["hr_option"]
+        try:
+            values["hr_option"] = HR_OPTIONS[hr_option_index(where, value)]
+        except RequestError as error:
+            warnings.append(f"{error}; kept the current value")
     if "pixel_perfect" in raw:
         flag = raw["pixel_perfect"].lower()
         if flag in ("true", "false"):
