@@ -255,3 +255,15 @@ def test_setting_appears_with_the_extensions_label() -> None:
 
     field = next(field for field in editable_fields() if field.name == "control_net_no_detectmap")
     assert setting_label(field) == "Do not append detectmap to output" and Settings().control_net_no_detectmap is False
+
+
+def test_hires_fix_option_shows_while_hires_fix_is_ticked(app: App) -> None:
+    blocks, _, tab = built_txt2img(app)
+    radios = [tab.fields[field_name(index, "hr_option")] for index in range(3)]
+    assert not any(radio.visible for radio in radios)  # hires fix starts off
+    enable_hr = tab.fields["enable_hr"]
+    wired = [fn for fn in blocks.fns.values() if (enable_hr._id, "change") in fn.targets
+             and {radio._id for radio in radios} <= {output._id for output in fn.outputs}]
+    assert len(wired) == 1
+    assert [update.visible for update in wired[0].fn(True)] == [True] * 3
+    assert [update.visible for update in wired[0].fn(False)] == [False] * 3

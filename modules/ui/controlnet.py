@@ -99,8 +99,9 @@ def _unit(app: App, fields: NamedComponents, prefix: str, index: int, defaults: 
     add("resize_mode", gr.Radio(list(CONTROL_RESIZE_MODES), value=defaults["resize_mode"], label="Resize Mode",
                                 elem_id=f"{element}_resize_mode"))
     if not img2img:  # img2img has no hires pass; the option only matters with txt2img's hires fix
+        # shown while Hires. fix is ticked, as in the extension (wire_hires_option)
         add("hr_option", gr.Radio(list(HR_OPTIONS), value=defaults["hr_option"], label="Hires-Fix Option",
-                                  elem_id=f"{element}_hr_option"))
+                                  visible=False, elem_id=f"{element}_hr_option"))
     return UnitControls(index, preview, allow_preview, run_preprocessor, refresh_models)
 
 
@@ -134,6 +135,15 @@ def wire_controlnet_units(app: App, panel: ControlNetPanel | None, *, fallback_i
         return
     for unit in panel.units:
         _wire_unit(app, panel, unit, fallback_image)
+
+
+def wire_hires_option(panel: ControlNetPanel | None, enable_hr: Any) -> None:
+    """Each unit's Hires-Fix Option follows the tab's Hires. fix checkbox (also when a paste ticks it)."""
+    if panel is None:
+        return
+    radios = [panel.fields[field_name(unit.index, "hr_option")] for unit in panel.units]
+    enable_hr.change(lambda on: [gr.Radio(visible=bool(on))] * len(radios), inputs=enable_hr, outputs=radios,
+                     show_progress="hidden")
 
 
 def _wire_unit(app: App, panel: ControlNetPanel, unit: UnitControls, fallback_image: Any) -> None:

@@ -146,6 +146,7 @@ def wire_txt2img(app: App, tab: Txt2ImgTab, bar: TopBar) -> None:
         app, "txt2img", request_from_form, lambda values: submit_txt2img(app, values)))
     script_ui.wire_script_controls(tab.scripts)
     controlnet_ui.wire_controlnet_units(app, tab.controlnet)
+    controlnet_ui.wire_hires_option(tab.controlnet, fields["enable_hr"])
     generation.wire_paste(tab.prompt, fields, tab.output, lambda text: paste_updates(app, tab, bar, text),
                           paste_outputs(tab, bar))
     generation.wire_generation_controls(app, fields, tab.prompt, tab.seeds, tab.output)
