@@ -3,7 +3,7 @@
     python benchmarks/shapes_adherence.py [--ckpt models/Stable-diffusion/shapes-v1.safetensors]
                                           [--grid docs/shapes-samples.png]
 
-Loads the checkpoint through the app's loader (read_checkpoint → detect_family → load_components) and generates
+Loads the checkpoint through the app's loader (`load_checkpoint_file`: read, detect the family, build) and generates
 through the app's engine (`modules.engine.generate` with a default `GenerationRequest`: DPM++ 2M, schedule
 Automatic = Karras, 20 steps, CFG 7, empty negative prompt) one image per prompt at the model's native size,
 seed = prompt index. It reads each image
@@ -29,8 +29,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from modules.engine.generate import generate as engine_generate  # noqa: E402
 from modules.engine.model import EngineModel  # noqa: E402
 from modules.engine.request import GenerationRequest  # noqa: E402
-from modules.models.detect import detect_family  # noqa: E402
-from modules.models.loader import load_components, read_checkpoint  # noqa: E402
+from modules.models.loader import load_checkpoint_file  # noqa: E402
 from modules.shapes.captions import eval_prompts  # noqa: E402
 from modules.shapes.scorer import read_image  # noqa: E402
 from modules.training.evaluate import adherence  # noqa: E402
@@ -43,8 +42,7 @@ OPEN_PROMPTS = ("a red circle on a blue background", "a white square on a black 
 
 def load_engine_model(checkpoint: Path) -> EngineModel:
     """The checkpoint as the app loads it (same loader, same engine model)."""
-    state_dict, metadata = read_checkpoint(checkpoint)
-    components = load_components(state_dict, detect_family(state_dict, metadata), metadata=metadata)
+    components = load_checkpoint_file(checkpoint)
     return EngineModel(components, {"model_name": checkpoint.stem}, native_size=components.native_size)
 
 

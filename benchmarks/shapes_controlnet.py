@@ -32,14 +32,14 @@ from diffusers import (  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from modules.models.loader import ModelComponents, read_checkpoint  # noqa: E402
+from modules.models.loader import ModelComponents, load_checkpoint_file, read_checkpoint  # noqa: E402
 from modules.shapes.captions import eval_prompts  # noqa: E402
 from modules.shapes.scorer import DIFFERENCE_THRESHOLD  # noqa: E402
 from modules.shapes.world import ShapeScene, render  # noqa: E402
 from modules.training.controlnet_data import canny_detector, canny_map  # noqa: E402
 from modules.training.controlnet_export import controlnet_from_ldm  # noqa: E402
 from modules.training.evaluate import DEFAULT_CFG, DEFAULT_STEPS, default_scheduler  # noqa: E402
-from modules.training.train_controlnet import BASE_CHECKPOINT, DEFAULT_OUT, load_base_model  # noqa: E402
+from modules.training.train_controlnet import BASE_CHECKPOINT, DEFAULT_OUT  # noqa: E402
 
 GOOD_IOU = 0.8
 
@@ -176,7 +176,7 @@ class ControlReport:
 
 def run_benchmark(controlnet_file: Path, base: Path = BASE_CHECKPOINT, count: int = 32
                   ) -> tuple[ControlReport, list[Image.Image], list[Case]]:
-    components = load_base_model(base)
+    components = load_checkpoint_file(base)
     size = components.native_size
     cases = benchmark_cases(count)
     controls = control_images([c.scene for c in cases], size)

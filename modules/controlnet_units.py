@@ -39,6 +39,9 @@ MAX_API_WEIGHT = 2.0  # security notes §5: CN weight 0..2
 RESIZE_MODE_ALIASES = {"inner fit (scale to fit)": "Crop and Resize", "outer fit (shrink to fit)": "Resize and Fill",
                        "scale to fit (inner fit)": "Crop and Resize", "envelope (outer fit)": "Resize and Fill",
                        "just resize (latent upscale)": "Just Resize"}
+# the extension's HiResFixOption member names, with and without the class ("HiResFixOption.LOW_RES_ONLY")
+HR_OPTION_ALIASES = {f"{prefix}{label.lower().replace(' ', '_')}": label
+                     for label in HR_OPTIONS for prefix in ("", "hiresfixoption.")}
 NO_DETECTMAP = "control_net_no_detectmap"  # the extension's setting, also accepted in API override_settings
 IGNORED_KEYS = ("low_vram", "lowvram", "advanced_weighting", "union_control_type",
                 "inpaint_crop_input_image", "batch_images", "ipadapter_input")
@@ -88,7 +91,7 @@ def unit_from_api(index: int, data: Mapping[str, Any], app: App) -> ControlNetUn
                                  RESIZE_MODE_ALIASES),
         processor_res=resolution, threshold_a=threshold_a, threshold_b=threshold_b,
         pixel_perfect=bool(data.get("pixel_perfect", False)),
-        hr_option=hr_option_index(where, data.get("hr_option", HR_OPTIONS[0])))
+        hr_option=choice_index(where, "hr_option", data.get("hr_option", 0), HR_OPTIONS, HR_OPTION_ALIASES))
 
 
 def _module(where: str, module: Any, app: App) -> PreprocessorSpec:
@@ -157,20 +160,6 @@ def choice_index(where: str, name: str, value: Any, choices: tuple[str, ...],
         if 0 <= value < len(choices):
             return value
     raise RequestError(f"{where}: {name} must be one of {', '.join(choices)} (or 0..{len(choices) - 1}), "
-                       f"got {value!r}")
-
-
-def hr_option_index(where: str, value: Any) -> int:
-    """The extension's HiResFixOption.from_value: a label ("Low res only"), its enum member name with or without the
-    class ("HiResFixOption.LOW_RES_ONLY", "low_res_only"), any case, or an index."""
-    if isinstance(value, str):
-        name = value.strip().lower().removeprefix("hiresfixoption.")
-        for index, label in enumerate(HR_OPTIONS):
-            if name in (label.lower(), label.lower().replace(" ", "_")):
-                return index
-    elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(HR_OPTIONS):
-        return value
-    raise RequestError(f"{where}: hr_option must be one of {', '.join(HR_OPTIONS)} (or 0..{len(HR_OPTIONS) - 1}), "
                        f"got {value!r}")
 
 

@@ -15,7 +15,7 @@ from benchmarks.shapes_controlnet import (
     mask_iou, shape_mask,
 )
 from modules.models.detect import detect_component_kind
-from modules.models.loader import read_checkpoint
+from modules.models.loader import load_checkpoint_file, read_checkpoint
 from modules.models.tokenizer import load_clip_tokenizer
 from modules.shapes.world import ShapeScene, cell_of, is_held_out, render
 from modules.training.controlnet import HINT_CHANNELS, build_controlnet
@@ -23,14 +23,14 @@ from modules.training.controlnet_data import (
     RADIUS_RANGE, build_control_dataset, control_batch, free_shape, sample_control_scene,
 )
 from modules.training.controlnet_export import controlnet_from_ldm, controlnet_to_ldm
-from modules.training.train_controlnet import Recipe, load_base_model, main, train
+from modules.training.train_controlnet import Recipe, main, train
 
 TINY = dataclasses.replace(Recipe(), scenes=6, steps=2, batch=2)
 
 
 @pytest.fixture(scope="module")
 def base():
-    return load_base_model("models/Stable-diffusion/shapes-v1.safetensors")
+    return load_checkpoint_file("models/Stable-diffusion/shapes-v1.safetensors")
 
 
 @pytest.fixture(scope="module")

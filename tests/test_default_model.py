@@ -5,11 +5,11 @@ native size. Prompts are held-out ones (never a training caption); the scorer re
 """
 import numpy as np
 import pytest
+
+from benchmarks.shapes_adherence import load_engine_model
 from modules.engine.generate import generate
 from modules.engine.model import EngineModel
 from modules.engine.request import GenerationRequest
-from modules.models.detect import detect_family
-from modules.models.loader import load_components, read_checkpoint
 from modules.models.registry import scan_checkpoints
 from modules.paths import PROJECT_ROOT, Paths
 from modules.shapes.captions import eval_prompts
@@ -23,9 +23,7 @@ MAX_FILE_BYTES = 30 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def shapes_model() -> EngineModel:
-    state_dict, metadata = read_checkpoint(CHECKPOINT)
-    components = load_components(state_dict, detect_family(state_dict, metadata), metadata=metadata)
-    return EngineModel(components, {"model_name": CHECKPOINT.stem}, native_size=components.native_size)
+    return load_engine_model(CHECKPOINT)
 
 
 def run(model: EngineModel, prompt: str, seed: int):

@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from benchmarks.shapes_adherence import load_engine_model
 from modules.app import create_app
 from modules.engine.generate import EngineOptions, generate
 from modules.engine.infotext import parse_infotext
 from modules.engine.model import EngineModel
 from modules.engine.request import MASKED_CONTENT, GenerationRequest, HiresOptions, Img2ImgOptions, InpaintOptions
 from modules.engine.resize import resize_image
-from modules.models.detect import detect_family
-from modules.models.loader import load_components, read_checkpoint
 from modules.options import parse_options
 from modules.paths import PROJECT_ROOT
 from modules.shapes.scorer import nearest_colour_index, read_image
@@ -271,9 +270,7 @@ def test_outputs_land_in_img2img_folders_and_settings_apply(app, tmp_path):
 
 @pytest.fixture(scope="module")
 def shapes_model() -> EngineModel:
-    state_dict, metadata = read_checkpoint(SHAPES_CHECKPOINT)
-    components = load_components(state_dict, detect_family(state_dict, metadata), metadata=metadata)
-    return EngineModel(components, {"model_name": SHAPES_CHECKPOINT.stem}, native_size=components.native_size)
+    return load_engine_model(SHAPES_CHECKPOINT)
 
 
 def shape_scene(kind: str, colour: str, background: str, position: str) -> Image.Image:

@@ -32,7 +32,7 @@ from modules.models.architecture import (
     ComponentConfigs, family_config, read_component_configs, vae_config_from_weights,
 )
 from modules.models.detect import (
-    ModelFamilyInfo, detect_component_kind, detect_family_from_diffusers_configs, strip_vae_prefix,
+    ModelFamilyInfo, detect_component_kind, detect_family, detect_family_from_diffusers_configs, strip_vae_prefix,
 )
 from modules.models.tokenizer import OPEN_CLIP_PAD, load_clip_tokenizer
 
@@ -277,6 +277,13 @@ def load_components(state_dict: Mapping[str, Tensor], info: ModelFamilyInfo, dty
         text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
         scheduler_config=scheduler_config_for(info), info=info, native_size=native_size, configs=configs,
     )
+
+
+def load_checkpoint_file(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> ModelComponents:
+    """A single-file checkpoint → its components, family detected from its weights and metadata (for tools,
+    benchmarks and tests; the app goes through the model manager, which also caches and hashes)."""
+    state_dict, metadata = read_checkpoint(path)
+    return load_components(state_dict, detect_family(state_dict, metadata), dtype, metadata=metadata)
 
 
 def load_vae_file(path: str | os.PathLike[str], family_info: ModelFamilyInfo,

@@ -22,8 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from diffusers import ControlNetModel, DDPMScheduler
 
-from modules.models.detect import detect_family
-from modules.models.loader import ModelComponents, load_components, read_checkpoint
+from modules.models.loader import ModelComponents, load_checkpoint_file
 from modules.paths import PROJECT_ROOT
 from modules.training.controlnet import ControlNetTraining, FrozenModel, build_controlnet, train_controlnet
 from modules.training.controlnet_data import ControlDataset, build_control_dataset
@@ -52,12 +51,6 @@ class Recipe:
     hires_share: float = 0.5
 
 
-def load_base_model(path: Path) -> ModelComponents:
-    """The default model exactly as the app loads it (float32 on the CPU)."""
-    state_dict, metadata = read_checkpoint(path)
-    return load_components(state_dict, detect_family(state_dict, metadata), metadata=metadata)
-
-
 def encode_latents(components: ModelComponents, dataset: ControlDataset,
                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of every image × the VAE's scaling factor: what the UNet sees."""
@@ -72,7 +65,7 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
     """Run every stage on `device`; returns the written ControlNet path."""
     started = time.time()
     torch.manual_seed(recipe.seed)
-    components = load_base_model(base)
+    components = load_checkpoint_file(base)  # float32 on the CPU
     size = components.native_size
     dataset = build_control_dataset(recipe.scenes, size, recipe.seed, components.tokenizer,
                                     recipe.captions_per_scene)

@@ -28,8 +28,7 @@ from diffusers import AutoencoderKL, DDPMScheduler
 from tqdm import tqdm
 
 from modules.models.architecture import family_config
-from modules.models.detect import detect_family
-from modules.models.loader import load_components, read_checkpoint
+from modules.models.loader import load_checkpoint_file
 from modules.models.tokenizer import load_clip_tokenizer
 from modules.training.dataset import ShapesDataset, build_dataset
 from modules.training.decoder_samples import SamplingOptions, sample_latents
@@ -193,8 +192,7 @@ def refit_decoder(recipe: Recipe, checkpoint: Path, out: Path, device: torch.dev
     torch.manual_seed(recipe.seed)
     dataset = build_dataset(recipe.scenes, recipe.image_size, recipe.seed, load_clip_tokenizer(),
                             recipe.captions_per_scene)
-    state_dict, metadata = read_checkpoint(checkpoint)
-    components = load_components(state_dict, detect_family(state_dict, metadata), metadata=metadata)
+    components = load_checkpoint_file(checkpoint)
     unet, vae, text_encoder = (m.float().to(device).eval()
                                for m in (components.unet, components.vae, components.text_encoder))
     moments = posterior_moments(vae, dataset.images)  # already standardised: the file's VAE has it folded in
@@ -232,8 +230,7 @@ def train_text_and_unet(recipe: Recipe, dataset: ShapesDataset, latents: tuple[t
 
 def read_denoiser(path: Path, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     """UNet and text encoder of a checkpoint this command wrote (the stage cache of `--denoiser-stage`)."""
-    state_dict, metadata = read_checkpoint(path)
-    components = load_components(state_dict, detect_family(state_dict, metadata), metadata=metadata)
+    components = load_checkpoint_file(path)
     return components.unet.float().to(device), components.text_encoder.float().to(device)
 
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from modules.controlnet_units import RESIZE_MODE_ALIASES, choice_index, hr_option_index
+from modules.controlnet_units import HR_OPTION_ALIASES, RESIZE_MODE_ALIASES, choice_index
 from modules.engine.infotext import parse_infotext
 from modules.engine.preprocessors import PreprocessorError, find_preprocessor
 from modules.engine.request import CONTROL_MODES, CONTROL_RESIZE_MODES, HR_OPTIONS, RequestError
@@ -186,22 +186,17 @@ def _number(where: str, name: str, raw: Mapping[str, str], warnings: list[str]) 
 
 
 def _choice_values(where: str, raw: Mapping[str, str], warnings: list[str]) -> dict[str, Any]:
-    """Resize mode and control mode (names any case, legacy names, or indices) → the radios' labels; pixel perfect."""
+    """Resize mode, control mode and hires-fix option (names any case, legacy/enum names, or indices) → the radios'
+    labels; pixel perfect."""
     values: dict[str, Any] = {}
     for name, labels, aliases in (("resize_mode", CONTROL_RESIZE_MODES, RESIZE_MODE_ALIASES),
-                                  ("control_mode", CONTROL_MODES, None)):
+                                  ("control_mode", CONTROL_MODES, None), ("hr_option", HR_OPTIONS, HR_OPTION_ALIASES)):
         if name in raw:
             value: Any = int(raw[name]) if raw[name].isdigit() else raw[name]
             try:
                 values[name] = labels[choice_index(where, name, value, labels, aliases)]
             except RequestError as error:
                 warnings.append(f"{error}; kept the current value")
-    if "hr_option" in raw:
-        value = int(raw["hr_option"]) if raw["hr_option"].isdigit() else raw["hr_option"]
-        try:
-            values["hr_option"] = HR_OPTIONS[hr_option_index(where, value)]
-        except RequestError as error:
-            warnings.append(f"{error}; kept the current value")
     if "pixel_perfect" in raw:
         flag = raw["pixel_perfect"].lower()
         if flag in ("true", "false"):
