@@ -10,7 +10,7 @@ from modules.training.dataset import build_dataset, caption_batch
 from modules.training.optimise import ExponentialMovingAverage
 from modules.training.evaluate import build_pipeline, generate
 from modules.training.decoder_samples import SamplingOptions, sample_latents
-from modules.training.train_default_model import Recipe, main, refit_decoder, train
+from modules.training.train_default_model import Recipe, continue_from, main, refit_decoder, train
 from modules.training.vae import (
     build_vae, posterior_moments, refine_decoder, standardize_latents, standardized_moments,
     start_as_linear_autoencoder, train_vae,
@@ -21,6 +21,7 @@ TINY = dataclasses.replace(
     Recipe(), scenes=48, vae_channels=(32, 32, 32, 32), vae_steps=2, vae_batch=4, decoder_steps=2, text_hidden=32,
     text_layers=1, text_warmup_steps=2, text_warmup_batch=8, unet_channels=(32, 64), unet_steps=3, unet_batch=4,
     sampled_latents=6, sampling_first_step=(15, 18), sample_fit_steps=2, sample_fit_per_batch=2,
+    continue_steps=2, continue_warmup=1,
 )
 
 
@@ -155,3 +156,16 @@ def test_refit_decoder_runs_only_the_last_stage_on_a_checkpoint(tmp_path):
     assert unchanged and all(torch.equal(before[k], after[k]) for k in unchanged)
     decoder = [k for k in before if k.startswith("first_stage_model.decoder.")]
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
+
+
+def test_continue_denoiser_trains_only_the_unet_and_text_encoder_of_a_checkpoint(tmp_path):
+    base = train(TINY, tmp_path / "base.safetensors", log=lambda _: None)
+    out = continue_from(TINY, base, tmp_path / "continued.safetensors", log=lambda _: None)
+    check_shapes_checkpoint(out)
+    before, _ = read_checkpoint(base)
+    after, metadata = read_checkpoint(out)
+    vae = [k for k in before if k.startswith("first_stage_model.")]
+    assert vae and all(torch.equal(before[k], after[k]) for k in vae)
+    for prefix in ("model.diffusion_model.", "cond_stage_model."):
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix))
+    assert '"continue_steps": 2' in metadata["training_recipe"]

@@ -99,6 +99,7 @@ class DenoiserTraining:
     caption_dropout: float  # share of empty prompts, for classifier-free guidance
     snr_gamma: float
     seed: int
+    warmup: int | None = None  # learning-rate warm-up steps; None = min(200, steps / 10 + 1)
 
 
 def train_denoiser(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, noise_schedule: DDPMScheduler,
@@ -116,7 +117,8 @@ def train_denoiser(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, nois
                               caption_batch(dataset, indices, generator, options.caption_dropout).to(device))
         return denoising_loss(unet, text_encoder, noise_schedule, batch, generator, options.snr_gamma)
 
-    schedule = Optimisation(options.steps, options.learning_rate, warmup=min(200, options.steps // 10 + 1),
+    warmup = options.warmup if options.warmup is not None else min(200, options.steps // 10 + 1)
+    schedule = Optimisation(options.steps, options.learning_rate, warmup=warmup,
                             weight_decay=0.01, ema_decay=options.ema_decay)
     ema = optimise(modules, [p for m in modules for p in m.parameters()], step_loss, schedule, on_step)
     assert ema is not None

@@ -4,10 +4,11 @@
 
 Stages (fixed seeds throughout): render the shapes dataset → train the VAE → encode every image once →
 warm up the text encoder on caption attributes → train text encoder + UNet together with EMA → refine the VAE
-decoder on the frozen encoder's latents → fit the decoder to latents the finished model generates
-(`decoder_samples`) → export the fp16 single file. Score it with
-``python benchmarks/shapes_adherence.py``. Defaults reproduce the shipped file on a 2-core CPU in about 1.5 hours
-(docs/default-model.md); a GPU is used when present (``--device auto``). Bit-exact equality of the weights needs the
+decoder on the frozen encoder's latents → fit the decoder to latents the model generates (`decoder_samples`) →
+train text encoder + UNet on at a lower rate → export the fp16 single file. Score it with
+``python benchmarks/shapes_adherence.py`` (and ``benchmarks/shapes_word_probe.py``). Defaults reproduce the
+shipped file on a 2-core CPU in about 2 hours (docs/default-model.md); a GPU is used when present
+(``--device auto``). Bit-exact equality of the weights needs the
 same device, thread count and library versions.
 """
 from __future__ import annotations
@@ -79,6 +80,13 @@ class Recipe:
     ema_decay: float = 0.998
     caption_dropout: float = 0.1
     snr_gamma: float = 5.0
+    # Last stage: the UNet and text encoder train on at a lower rate (the model is undertrained; longer training
+    # is what teaches circle from square, see docs/default-model.md). The decoder was fitted before it.
+    continue_steps: int = 1600
+    continue_learning_rate: float = 3e-4
+    continue_ema_decay: float = 0.995
+    continue_warmup: int = 50
+    continue_seed_offset: int = 123  # the stage's random numbers: recipe seed + this
 
 
 def progress(total: int, label: str) -> tuple[tqdm, Callable[[int, float], None]]:
@@ -152,7 +160,23 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
                    learning_rate=recipe.decoder_learning_rate, seed=recipe.seed + 4, device=device, on_step=on_step)
     bar.close()
     fit_decoder_to_samples(recipe, dataset, vae, unet, text_encoder, (means, stds), device, log)
+    continue_denoiser(recipe, dataset, latents, unet, text_encoder, device)
     return write_checkpoint(recipe, out, unet, vae, text_encoder, started, log)
+
+
+def continue_denoiser(recipe: Recipe, dataset: ShapesDataset, latents: tuple[torch.Tensor, torch.Tensor],
+                      unet: torch.nn.Module, text_encoder: torch.nn.Module, device: torch.device) -> None:
+    """The last stage: more UNet + text-encoder steps on the same latents (`latents`: scaled posterior means and
+    stds), at a lower learning rate and a shorter EMA; ends with the EMA weights in the models."""
+    noise_schedule = DDPMScheduler.from_config(family_config(FAMILY, "scheduler/scheduler_config.json"))
+    options = DenoiserTraining(steps=recipe.continue_steps, batch_size=recipe.unet_batch,
+                               learning_rate=recipe.continue_learning_rate, ema_decay=recipe.continue_ema_decay,
+                               caption_dropout=recipe.caption_dropout, snr_gamma=recipe.snr_gamma,
+                               seed=recipe.seed + recipe.continue_seed_offset, warmup=recipe.continue_warmup)
+    bar, on_step = progress(recipe.continue_steps, "UNet + text encoder, continued")
+    ema = train_denoiser(unet, text_encoder, noise_schedule, dataset, latents, options, device, on_step)
+    bar.close()
+    ema.copy_to_models()
 
 
 def fit_decoder_to_samples(recipe: Recipe, dataset: ShapesDataset, vae: AutoencoderKL, unet: torch.nn.Module,
@@ -184,10 +208,18 @@ def write_checkpoint(recipe: Recipe, out: Path, unet: torch.nn.Module, vae: Auto
     return path
 
 
-def refit_decoder(recipe: Recipe, checkpoint: Path, out: Path, device: torch.device = torch.device("cpu"),
-                  log: Callable[[str], None] = print) -> Path:
-    """Run only the last stage on a checkpoint this command's earlier stages wrote (the stage cache of
-    `--refit-decoder`): same dataset, its UNet, text encoder and VAE; writes the result to `out`."""
+@dataclass
+class StageInputs:
+    """What a late stage needs, read back from a checkpoint this command wrote (the stage caches)."""
+    dataset: ShapesDataset
+    unet: torch.nn.Module
+    vae: AutoencoderKL
+    text_encoder: torch.nn.Module
+    moments: tuple[torch.Tensor, torch.Tensor]  # standardised posterior means and stds, unscaled
+
+
+def read_stage_inputs(recipe: Recipe, checkpoint: Path, device: torch.device,
+                      log: Callable[[str], None]) -> StageInputs:
     started = time.time()
     torch.manual_seed(recipe.seed)
     dataset = build_dataset(recipe.scenes, recipe.image_size, recipe.seed, load_clip_tokenizer(),
@@ -197,8 +229,30 @@ def refit_decoder(recipe: Recipe, checkpoint: Path, out: Path, device: torch.dev
                                for m in (components.unet, components.vae, components.text_encoder))
     moments = posterior_moments(vae, dataset.images)  # already standardised: the file's VAE has it folded in
     log(f"dataset and latents from {checkpoint} ({time.time() - started:.0f} s)")
-    fit_decoder_to_samples(recipe, dataset, vae, unet, text_encoder, moments, device, log)
-    return write_checkpoint(recipe, out, unet, vae, text_encoder, started, log)
+    return StageInputs(dataset, unet, vae, text_encoder, moments)
+
+
+def refit_decoder(recipe: Recipe, checkpoint: Path, out: Path, device: torch.device = torch.device("cpu"),
+                  log: Callable[[str], None] = print) -> Path:
+    """Run only the decoder stage on a checkpoint this command's earlier stages wrote (the stage cache of
+    `--refit-decoder`): same dataset, its UNet, text encoder and VAE; writes the result to `out`."""
+    started = time.time()
+    inputs = read_stage_inputs(recipe, checkpoint, device, log)
+    fit_decoder_to_samples(recipe, inputs.dataset, inputs.vae, inputs.unet, inputs.text_encoder, inputs.moments,
+                           device, log)
+    return write_checkpoint(recipe, out, inputs.unet, inputs.vae, inputs.text_encoder, started, log)
+
+
+def continue_from(recipe: Recipe, checkpoint: Path, out: Path, device: torch.device = torch.device("cpu"),
+                  log: Callable[[str], None] = print) -> Path:
+    """Run only the last stage (`continue_denoiser`) on a checkpoint the earlier stages wrote (the stage cache
+    of `--continue-denoiser`); writes the result to `out`."""
+    started = time.time()
+    inputs = read_stage_inputs(recipe, checkpoint, device, log)
+    scale = inputs.vae.config.scaling_factor
+    latents = (inputs.moments[0] * scale, inputs.moments[1] * scale)
+    continue_denoiser(recipe, inputs.dataset, latents, inputs.unet, inputs.text_encoder, device)
+    return write_checkpoint(recipe, out, inputs.unet, inputs.vae, inputs.text_encoder, started, log)
 
 
 def train_text_and_unet(recipe: Recipe, dataset: ShapesDataset, latents: tuple[torch.Tensor, torch.Tensor],
@@ -249,7 +303,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--denoiser-stage", type=Path, default=None,
                         help="reuse the UNet + text encoder of this checkpoint (written by this command, same recipe)")
     parser.add_argument("--refit-decoder", type=Path, default=None, metavar="CKPT",
-                        help="run only the last stage (decoder on the model's samples) on this checkpoint")
+                        help="run only the decoder stage (decoder on the model's samples) on this checkpoint")
+    parser.add_argument("--continue-denoiser", type=Path, default=None, metavar="CKPT",
+                        help="run only the last stage (more UNet + text encoder steps) on this checkpoint")
     return parser.parse_args(argv)
 
 
@@ -263,6 +319,9 @@ def main(argv: list[str] | None = None) -> None:
                                  scenes=args.scenes)
     if args.refit_decoder is not None:
         refit_decoder(recipe, args.refit_decoder, args.out, resolve_device(args.device))
+        return
+    if args.continue_denoiser is not None:
+        continue_from(recipe, args.continue_denoiser, args.out, resolve_device(args.device))
         return
     train(recipe, args.out, resolve_device(args.device), vae_file=args.vae_stage, stop_after_vae=args.vae_only,
           denoiser_file=args.denoiser_stage)

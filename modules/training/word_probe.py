@@ -1,0 +1,89 @@
+"""How strongly a shapes model's denoiser listens to one word of the prompt (a "diffusion classifier" probe).
+
+For a rendered scene, noise its latent to timestep t and ask the UNet for ε twice with the same noise: once under
+the scene's true prompt, once with one attribute word swapped ("red circle" → "red square"). A model that uses
+the word predicts the noise better under the true prompt. The share of (scene, alternative, noise) comparisons
+the true prompt wins, per timestep, is the probe's reading: 0.5 = the word is ignored, 1.0 = always decisive.
+
+It reads the conditioning directly, without sampling or decoding, so it is far less noisy per second of CPU
+than generating images and scoring them (`benchmarks/shapes_adherence.py`), and it says at which noise levels a
+word is understood — shape class is decided in the middle of the schedule, colour already at high noise.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from torch import Tensor
+
+from modules.models.loader import ModelComponents
+from modules.shapes.captions import EvalPrompt
+from modules.shapes.world import COLOURS, SHAPES, ShapeScene, render
+from modules.training.dataset import tokenize, to_model_range
+
+ATTRIBUTES = ("shape", "colour")
+DEFAULT_TIMESTEPS = (50, 150, 300, 450, 600, 800)
+
+
+@dataclass(frozen=True)
+class ProbeCase:
+    scene: ShapeScene  # one shape
+    prompt: str  # names the shape as "{colour} {kind}"
+    alternatives: tuple[str, ...]  # the same prompt with one attribute word swapped
+
+
+def swapped_prompts(scene: ShapeScene, prompt: str, attribute: str) -> tuple[str, ...]:
+    """`prompt` with the shape's class (or colour) replaced by every other class (or shape colour)."""
+    shape = scene.shapes[0]
+    phrase = f"{shape.colour} {shape.kind}"
+    if phrase not in prompt:
+        raise ValueError(f"prompt {prompt!r} does not name {phrase!r}")
+    if attribute == "shape":
+        phrases = [f"{shape.colour} {kind}" for kind in SHAPES if kind != shape.kind]
+    elif attribute == "colour":
+        phrases = [f"{colour} {shape.kind}" for colour in COLOURS if colour not in (shape.colour, scene.background)]
+    else:
+        raise ValueError(f"attribute must be one of {ATTRIBUTES}, not {attribute!r}")
+    return tuple(prompt.replace(phrase, other, 1) for other in phrases)
+
+
+def probe_cases(prompts: Sequence[EvalPrompt], attribute: str) -> list[ProbeCase]:
+    """One case per held-out evaluation prompt (its reference scene, its text, the swapped texts)."""
+    return [ProbeCase(item.scene, item.prompt, swapped_prompts(item.scene, item.prompt, attribute))
+            for item in prompts]
+
+
+@torch.no_grad()
+def word_preference(model: ModelComponents, cases: Sequence[ProbeCase], timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+                    repeats: int = 2, seed: int = 0) -> dict[int, Tensor]:
+    """Timestep → for each (case, alternative) [cases, alternatives], the share of noise draws in which the true
+    prompt predicts the noise better than the swapped one (`model` in float32 on the CPU, as
+    `load_checkpoint_file` returns it). Average it for the probe's reading."""
+    unet, vae, text_encoder, tokenizer = model.unet.eval(), model.vae.eval(), model.text_encoder, model.tokenizer
+    noise_schedule = DDPMScheduler.from_config(model.scheduler_config)
+    size = model.native_size
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.from_numpy(np.stack([np.asarray(render(case.scene, size)) for case in cases]))
+    latents = vae.encode(to_model_range(images.permute(0, 3, 1, 2))).latent_dist.mean * vae.config.scaling_factor
+    true_context = text_encoder(tokenize(tokenizer, [case.prompt for case in cases])).last_hidden_state
+    per_alternative = len(cases[0].alternatives)
+    swapped = [alternative for case in cases for alternative in case.alternatives]
+    swapped_context = text_encoder(tokenize(tokenizer, swapped)).last_hidden_state
+    readings: dict[int, Tensor] = {}
+    for timestep in timesteps:
+        wins = torch.zeros(len(cases) * per_alternative)
+        for _ in range(repeats):
+            noise = torch.randn(latents.shape, generator=generator)
+            t = torch.full((len(cases),), timestep)
+            noisy = noise_schedule.add_noise(latents, noise, t)
+            true_error = (unet(noisy, t, true_context).sample - noise).pow(2).mean(dim=(1, 2, 3))
+            repeated = noisy.repeat_interleave(per_alternative, 0)
+            t_repeated = t.repeat_interleave(per_alternative)
+            swapped_error = (unet(repeated, t_repeated, swapped_context).sample
+                             - noise.repeat_interleave(per_alternative, 0)).pow(2).mean(dim=(1, 2, 3))
+            wins += (true_error.repeat_interleave(per_alternative) < swapped_error).float()
+        readings[timestep] = (wins / repeats).view(len(cases), per_alternative)
+    return readings

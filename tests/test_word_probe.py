@@ -1,0 +1,53 @@
+"""The word probe: does the denoiser predict the noise better under the true prompt than with one word swapped?"""
+import random
+
+import pytest
+
+from modules.models.loader import load_checkpoint_file
+from modules.paths import PROJECT_ROOT
+from modules.shapes.captions import eval_prompts
+from modules.shapes.world import ShapeScene, make_shape
+from modules.training.word_probe import probe_cases, swapped_prompts, word_preference
+
+CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v1.safetensors"
+
+
+def scene(kind: str = "circle", colour: str = "red", background: str = "blue") -> ShapeScene:
+    return ShapeScene(background, (make_shape(random.Random(0), kind, colour, "small", "top left"),))
+
+
+def test_swapped_prompts_change_only_the_shape_word_or_the_shape_colour():
+    prompt = "a blue background with a small red circle in the top left"
+    assert swapped_prompts(scene(), prompt, "shape") == (
+        "a blue background with a small red square in the top left",
+        "a blue background with a small red triangle in the top left")
+    colours = swapped_prompts(scene(), prompt, "colour")
+    assert len(colours) == 6  # neither the shape's own colour nor the background's
+    assert all(p.startswith("a blue background with a small ") and p.endswith(" circle in the top left")
+               for p in colours)
+    assert not any(" red circle" in p or " blue circle" in p for p in colours)
+
+
+def test_swapped_prompts_reject_a_prompt_that_does_not_name_the_shape():
+    with pytest.raises(ValueError, match="does not name 'red circle'"):
+        swapped_prompts(scene(), "a red square on a blue background", "shape")
+    with pytest.raises(ValueError, match="attribute"):
+        swapped_prompts(scene(), "a red circle on a blue background", "size")
+
+
+@pytest.fixture(scope="module")
+def shapes_components():
+    return load_checkpoint_file(CHECKPOINT)
+
+
+def test_default_model_listens_to_colour_and_tells_triangles_apart(shapes_components):
+    prompts = eval_prompts(24)
+    colour = word_preference(shapes_components, probe_cases(prompts, "colour"), timesteps=(150,), repeats=1)
+    assert colour[150].shape == (24, 6)
+    assert float(colour[150].mean()) >= 0.9
+    shape_cases = probe_cases(prompts, "shape")
+    shape = word_preference(shapes_components, shape_cases, timesteps=(150, 950), repeats=1)
+    triangles = [i for i, case in enumerate(shape_cases) if case.scene.shapes[0].kind == "triangle"]
+    assert triangles and float(shape[150][triangles].mean()) >= 0.85
+    # At nearly pure noise the latent says little, so the preference falls towards chance.
+    assert float(shape[950].mean()) < float(shape[150].mean())
