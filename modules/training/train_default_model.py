@@ -301,7 +301,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep the trained VAE here and reuse it when present (stage cache)")
     parser.add_argument("--vae-only", action="store_true", help="stop after the VAE stage (needs --vae-stage)")
     parser.add_argument("--denoiser-stage", type=Path, default=None,
-                        help="reuse the UNet + text encoder of this checkpoint (written by this command, same recipe)")
+                        help="reuse the UNet + text encoder of this checkpoint (written by this command, same recipe); "
+                             "the last stage still trains them on")
     parser.add_argument("--refit-decoder", type=Path, default=None, metavar="CKPT",
                         help="run only the decoder stage (decoder on the model's samples) on this checkpoint")
     parser.add_argument("--continue-denoiser", type=Path, default=None, metavar="CKPT",
