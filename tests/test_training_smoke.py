@@ -75,6 +75,8 @@ def test_training_writes_a_checkpoint_the_app_loader_reads(tmp_path, capsys):
     assert "VAE" in output and "UNet + text encoder" in output and "loss=" in output
     assert "text encoder warm-up" in output and "VAE decoder refinement" in output
     assert "sampled 6 latents" in output and "VAE decoder on the model's samples" in output
+    # the decoder is fitted to the finished denoiser: both denoiser stages come before the decoder stages
+    assert output.index("UNet + text encoder, continued") < output.index("VAE decoder refinement")
     state_dict, metadata, info = check_shapes_checkpoint(path)
     components = load_components(state_dict, info, metadata=metadata)
     assert components.native_size == 64
@@ -84,6 +86,20 @@ def test_training_writes_a_checkpoint_the_app_loader_reads(tmp_path, capsys):
                           components.scheduler_config)
     image, = generate(pipe, ["a red circle on a blue background"], [1], 64, steps=2)
     assert image.size == (64, 64)
+
+
+def test_denoiser_stage_cache_is_kept_and_reused(tmp_path):
+    cache = tmp_path / "denoiser.pt"
+    first_lines, second_lines = [], []
+    first = train(TINY, tmp_path / "first.safetensors", log=first_lines.append, denoiser_file=cache)
+    assert cache.is_file() and any("denoiser stage saved" in line for line in first_lines)
+    second = train(TINY, tmp_path / "second.safetensors", log=second_lines.append, denoiser_file=cache)
+    assert any("read from" in line for line in second_lines)
+    assert not any("denoiser trained" in line for line in second_lines)
+    before, _ = read_checkpoint(first)
+    after, _ = read_checkpoint(second)
+    denoiser = [k for k in before if k.startswith(("model.diffusion_model.", "cond_stage_model."))]
+    assert denoiser and all(torch.equal(before[k], after[k]) for k in denoiser)
 
 
 def test_cli_flags_reach_the_recipe(tmp_path, monkeypatch):

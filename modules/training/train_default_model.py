@@ -3,13 +3,12 @@
     python -m modules.training.train_default_model --out models/Stable-diffusion/shapes-v1.safetensors
 
 Stages (fixed seeds throughout): render the shapes dataset → train the VAE → encode every image once →
-warm up the text encoder on caption attributes → train text encoder + UNet together with EMA → refine the VAE
-decoder on the frozen encoder's latents → fit the decoder to latents the model generates (`decoder_samples`) →
-train text encoder + UNet on at a lower rate → export the fp16 single file. Score it with
+warm up the text encoder on caption attributes → train text encoder + UNet together with EMA → train them on
+at a lower rate → refine the VAE decoder on the frozen encoder's latents → fit the decoder to latents the
+finished model generates (`decoder_samples`) → export the fp16 single file. Score it with
 ``python benchmarks/shapes_adherence.py`` (and ``benchmarks/shapes_word_probe.py``). Defaults reproduce the
-shipped file on a 2-core CPU in about 2 hours (docs/default-model.md); a GPU is used when present
-(``--device auto``). Bit-exact equality of the weights needs the
-same device, thread count and library versions.
+shipped file on a 2-core CPU in about 1 h 40 min (docs/default-model.md); a GPU is used when present
+(``--device auto``). Bit-exact equality of the weights needs the same device, thread count and library versions.
 """
 from __future__ import annotations
 
@@ -80,8 +79,8 @@ class Recipe:
     ema_decay: float = 0.998
     caption_dropout: float = 0.1
     snr_gamma: float = 5.0
-    # Last stage: the UNet and text encoder train on at a lower rate (the model is undertrained; longer training
-    # is what teaches circle from square, see docs/default-model.md). The decoder was fitted before it.
+    # Second denoiser stage: the UNet and text encoder train on at a lower rate (the model is undertrained;
+    # longer training is what teaches circle from square, see docs/default-model.md).
     continue_steps: int = 1600
     continue_learning_rate: float = 3e-4
     continue_ema_decay: float = 0.995
@@ -117,7 +116,7 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
 
     `vae_file`: where the trained VAE stage is kept; when it exists it is loaded instead of retrained (same
     recipe, same weights), so the denoiser can be iterated on without repeating the VAE stage. `denoiser_file`:
-    a checkpoint this command wrote with the same recipe; its UNet and text encoder are reused, not retrained.
+    the same for both denoiser stages (UNet + text encoder, fp32), so the decoder stages can be iterated on.
     """
     started = time.time()
     torch.manual_seed(recipe.seed)
@@ -148,11 +147,15 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
     log(f"latents: {tuple(means.shape)}, scaled std {float(latents[0].std()):.3f} ({time.time() - started:.0f} s)")
 
     if denoiser_file is not None and denoiser_file.is_file():
-        unet, text_encoder = read_denoiser(denoiser_file, device)
-        log(f"UNet + text encoder read from {denoiser_file} (written by this command with the same recipe)")
+        unet, text_encoder = read_denoiser_stage(recipe, denoiser_file, device)
+        log(f"UNet + text encoder read from {denoiser_file} (trained by this command with the same recipe)")
     else:
         unet, text_encoder = train_text_and_unet(recipe, dataset, latents, device, log)
+        continue_denoiser(recipe, dataset, latents, unet, text_encoder, device)
         log(f"denoiser trained ({time.time() - started:.0f} s)")
+        if denoiser_file is not None:
+            torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict()}, denoiser_file)
+            log(f"denoiser stage saved to {denoiser_file}")
 
     # The encoder stays frozen, so this changes nothing the UNet learned; it only sharpens what it decodes.
     bar, on_step = progress(recipe.decoder_steps, "VAE decoder refinement")
@@ -160,14 +163,13 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
                    learning_rate=recipe.decoder_learning_rate, seed=recipe.seed + 4, device=device, on_step=on_step)
     bar.close()
     fit_decoder_to_samples(recipe, dataset, vae, unet, text_encoder, (means, stds), device, log)
-    continue_denoiser(recipe, dataset, latents, unet, text_encoder, device)
     return write_checkpoint(recipe, out, unet, vae, text_encoder, started, log)
 
 
 def continue_denoiser(recipe: Recipe, dataset: ShapesDataset, latents: tuple[torch.Tensor, torch.Tensor],
                       unet: torch.nn.Module, text_encoder: torch.nn.Module, device: torch.device) -> None:
-    """The last stage: more UNet + text-encoder steps on the same latents (`latents`: scaled posterior means and
-    stds), at a lower learning rate and a shorter EMA; ends with the EMA weights in the models."""
+    """The second denoiser stage: more UNet + text-encoder steps on the same latents (`latents`: scaled posterior
+    means and stds), at a lower learning rate and a shorter EMA; ends with the EMA weights in the models."""
     noise_schedule = DDPMScheduler.from_config(family_config(FAMILY, "scheduler/scheduler_config.json"))
     options = DenoiserTraining(steps=recipe.continue_steps, batch_size=recipe.unet_batch,
                                learning_rate=recipe.continue_learning_rate, ema_decay=recipe.continue_ema_decay,
@@ -245,8 +247,8 @@ def refit_decoder(recipe: Recipe, checkpoint: Path, out: Path, device: torch.dev
 
 def continue_from(recipe: Recipe, checkpoint: Path, out: Path, device: torch.device = torch.device("cpu"),
                   log: Callable[[str], None] = print) -> Path:
-    """Run only the last stage (`continue_denoiser`) on a checkpoint the earlier stages wrote (the stage cache
-    of `--continue-denoiser`); writes the result to `out`."""
+    """Run only the second denoiser stage (`continue_denoiser`) on a checkpoint (`--continue-denoiser`: more
+    training for any checkpoint this command wrote; the decoder is not refitted); writes the result to `out`."""
     started = time.time()
     inputs = read_stage_inputs(recipe, checkpoint, device, log)
     scale = inputs.vae.config.scaling_factor
@@ -282,10 +284,16 @@ def train_text_and_unet(recipe: Recipe, dataset: ShapesDataset, latents: tuple[t
     return unet, text_encoder
 
 
-def read_denoiser(path: Path, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """UNet and text encoder of a checkpoint this command wrote (the stage cache of `--denoiser-stage`)."""
-    components = load_checkpoint_file(path)
-    return components.unet.float().to(device), components.text_encoder.float().to(device)
+def read_denoiser_stage(recipe: Recipe, path: Path, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """UNet and text encoder as `train` saved them after both denoiser stages (the cache of `--denoiser-stage`)."""
+    saved = torch.load(path, map_location=device, weights_only=True)
+    text_encoder = build_text_encoder(family_config(FAMILY, "text_encoder/config.json"), recipe.text_hidden,
+                                      recipe.text_layers).to(device)
+    unet = build_unet(family_config(FAMILY, "unet/config.json"), recipe.unet_channels, recipe.text_hidden,
+                      recipe.image_size // 8).to(device)
+    unet.load_state_dict(saved["unet"])
+    text_encoder.load_state_dict(saved["text_encoder"])
+    return unet.eval(), text_encoder.eval()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -301,12 +309,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep the trained VAE here and reuse it when present (stage cache)")
     parser.add_argument("--vae-only", action="store_true", help="stop after the VAE stage (needs --vae-stage)")
     parser.add_argument("--denoiser-stage", type=Path, default=None,
-                        help="reuse the UNet + text encoder of this checkpoint (written by this command, same recipe); "
-                             "the last stage still trains them on")
+                        help="keep the trained UNet + text encoder (both denoiser stages) here and reuse them when "
+                             "present (stage cache)")
     parser.add_argument("--refit-decoder", type=Path, default=None, metavar="CKPT",
                         help="run only the decoder stage (decoder on the model's samples) on this checkpoint")
     parser.add_argument("--continue-denoiser", type=Path, default=None, metavar="CKPT",
-                        help="run only the last stage (more UNet + text encoder steps) on this checkpoint")
+                        help="run only the second denoiser stage (more UNet + text encoder steps) on this "
+                             "checkpoint")
     return parser.parse_args(argv)
 
 
