@@ -1,11 +1,11 @@
-"""How strongly the default shapes model listens to the shape word and the colour word, per noise level.
+"""How strongly the default shapes model listens to the shape, colour and place words, per noise level.
 
     python benchmarks/shapes_word_probe.py [--ckpt models/Stable-diffusion/shapes-v1.safetensors] [--count 64]
 
 For each held-out evaluation scene (the same 64 as `shapes_adherence.py`), the UNet predicts the noise of the
-scene's noised latent under its true prompt and under the prompt with the shape (or colour) word swapped, with
-the same noise (`modules/training/word_probe.py`). Prints the share of comparisons the true prompt wins at each
-timestep: 50 % = the word is ignored, 100 % = always decisive. About half a minute on a 2-core CPU.
+scene's noised latent under its true prompt and under the prompt with the shape (or colour, or place) words
+swapped, with the same noise (`modules/training/word_probe.py`). Prints the share of comparisons the true prompt
+wins at each timestep: 50 % = the words are ignored, 100 % = always decisive. About a minute on a 2-core CPU.
 """
 from __future__ import annotations
 
@@ -20,10 +20,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from modules.models.loader import load_checkpoint_file  # noqa: E402
 from modules.shapes.captions import eval_prompts  # noqa: E402
-from modules.shapes.world import SHAPES  # noqa: E402
+from modules.shapes.world import SHAPES, cell_of  # noqa: E402
 from modules.training.word_probe import ATTRIBUTES, DEFAULT_TIMESTEPS, probe_cases, word_preference  # noqa: E402
 
 DEFAULT_CHECKPOINT = Path("models/Stable-diffusion/shapes-v1.safetensors")
+
+
+def place_groups(cases: list) -> dict[str, list[int]]:
+    """Case indices by the kind of their true place: a corner, an edge or the centre."""
+    groups: dict[str, list[int]] = {"a corner": [], "an edge": [], "the center": []}
+    for index, case in enumerate(cases):
+        column, row = cell_of(case.scene.shapes[0].position)
+        middles = (column == 1) + (row == 1)
+        groups[("a corner", "an edge", "the center")[middles]].append(index)
+    return {kind: chosen for kind, chosen in groups.items() if chosen}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
                 chosen = [i for i, case in enumerate(cases) if case.scene.shapes[0].kind == kind]
                 for column, other in enumerate(k for k in SHAPES if k != kind):
                     rows[f"{kind} → {other}"] = {t: float(wins[chosen, column].mean()) for t, wins in readings.items()}
+        if attribute == "position":  # corners, edges and the centre separately
+            for kind, chosen in place_groups(cases).items():
+                rows[f"position, true place {kind}"] = {t: float(wins[chosen].mean()) for t, wins in readings.items()}
     print(f"checkpoint {args.ckpt}; {args.count} held-out scenes × {args.repeats} noise draws "
           f"({time.time() - started:.0f} s)\n")
     print("| swapped word | " + " | ".join(f"t = {t}" for t in DEFAULT_TIMESTEPS) + " |")

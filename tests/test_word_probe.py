@@ -5,9 +5,9 @@ import pytest
 
 from modules.models.loader import load_checkpoint_file
 from modules.paths import PROJECT_ROOT
-from modules.shapes.captions import eval_prompts
-from modules.shapes.world import ShapeScene, make_shape
-from modules.training.word_probe import probe_cases, swapped_prompts, word_preference
+from modules.shapes.captions import eval_prompts, parse_prompt
+from modules.shapes.world import POSITIONS, ShapeScene, make_shape
+from modules.training.word_probe import placed_prompt, probe_cases, swapped_prompts, word_preference
 
 CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v1.safetensors"
 
@@ -31,8 +31,22 @@ def test_swapped_prompts_change_only_the_shape_word_or_the_shape_colour():
 def test_swapped_prompts_reject_a_prompt_that_does_not_name_the_shape():
     with pytest.raises(ValueError, match="does not name 'red circle'"):
         swapped_prompts(scene(), "a red square on a blue background", "shape")
-    with pytest.raises(ValueError, match="attribute"):
+    with pytest.raises(ValueError, match="attribute must be"):
         swapped_prompts(scene(), "a red circle on a blue background", "size")
+
+
+def test_place_cases_name_the_true_place_and_each_other_one_in_the_same_sentence():
+    item = eval_prompts(1)[0]
+    case, = probe_cases([item], "position")
+    shape = item.scene.shapes[0]
+    assert case.prompt == placed_prompt(item.scene, shape.position)
+    assert case.prompt.startswith(f"a {shape.size} {shape.colour} {shape.kind} ")
+    assert len(case.alternatives) == 8 and case.prompt not in case.alternatives
+    # parsed back, every alternative asks for a different place and for nothing else different
+    wanted = parse_prompt(case.prompt).shapes[0]
+    places = {parse_prompt(text).shapes[0].position for text in case.alternatives}
+    assert places == set(POSITIONS) - {shape.position} and wanted.position == shape.position
+    assert all(parse_prompt(text).shapes[0].kind == shape.kind for text in case.alternatives)
 
 
 @pytest.fixture(scope="module")

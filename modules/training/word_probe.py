@@ -4,6 +4,8 @@ For a rendered scene, noise its latent to timestep t and ask the UNet for ε twi
 the scene's true prompt, once with one attribute word swapped ("red circle" → "red square"). A model that uses
 the word predicts the noise better under the true prompt. The share of (scene, alternative, noise) comparisons
 the true prompt wins, per timestep, is the probe's reading: 0.5 = the word is ignored, 1.0 = always decisive.
+For the place, every case is the plain prompt "a {size} {colour} {shape} {place} on a {colour} background" and the
+alternatives name each of the other eight places.
 
 It reads the conditioning directly, without sampling or decoding, so it is far less noisy per second of CPU
 than generating images and scoring them (`benchmarks/shapes_adherence.py`), and it says at which noise levels a
@@ -20,12 +22,17 @@ from diffusers import DDPMScheduler
 from torch import Tensor
 
 from modules.models.loader import ModelComponents
-from modules.shapes.captions import EvalPrompt
-from modules.shapes.world import COLOURS, SHAPES, ShapeScene, render
+from modules.shapes.captions import EvalPrompt, with_article
+from modules.shapes.world import COLOURS, POSITIONS, SHAPES, ShapeScene, render
 from modules.training.dataset import tokenize, to_model_range
 
-ATTRIBUTES = ("shape", "colour")
-DEFAULT_TIMESTEPS = (50, 150, 300, 450, 600, 800)
+ATTRIBUTES = ("shape", "colour", "position")
+PLACE_PHRASES = {
+    "top left": "in the top left", "top": "at the top", "top right": "in the top right",
+    "left": "on the left", "center": "in the center", "right": "on the right",
+    "bottom left": "in the bottom left", "bottom": "at the bottom", "bottom right": "in the bottom right",
+}
+DEFAULT_TIMESTEPS = (50, 150, 300, 450, 600, 800, 950)  # the place is decided at high noise
 
 
 @dataclass(frozen=True)
@@ -46,12 +53,24 @@ def swapped_prompts(scene: ShapeScene, prompt: str, attribute: str) -> tuple[str
     elif attribute == "colour":
         phrases = [f"{colour} {shape.kind}" for colour in COLOURS if colour not in (shape.colour, scene.background)]
     else:
-        raise ValueError(f"attribute must be one of {ATTRIBUTES}, not {attribute!r}")
+        raise ValueError(f"attribute must be 'shape' or 'colour', not {attribute!r}")
     return tuple(prompt.replace(phrase, other, 1) for other in phrases)
+
+
+def placed_prompt(scene: ShapeScene, position: str) -> str:
+    """The scene's shape named in full, at `position`: "a small red circle on the left on a blue background"."""
+    shape = scene.shapes[0]
+    return (f"a {shape.size} {shape.colour} {shape.kind} {PLACE_PHRASES[position]} "
+            f"on {with_article(scene.background)} background")
 
 
 def probe_cases(prompts: Sequence[EvalPrompt], attribute: str) -> list[ProbeCase]:
     """One case per held-out evaluation prompt (its reference scene, its text, the swapped texts)."""
+    if attribute == "position":
+        return [ProbeCase(item.scene, placed_prompt(item.scene, item.scene.shapes[0].position),
+                          tuple(placed_prompt(item.scene, other) for other in POSITIONS
+                                if other != item.scene.shapes[0].position))
+                for item in prompts]
     return [ProbeCase(item.scene, item.prompt, swapped_prompts(item.scene, item.prompt, attribute))
             for item in prompts]
 
