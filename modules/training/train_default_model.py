@@ -7,7 +7,7 @@ warm up the text encoder on caption attributes → train text encoder + UNet tog
 at a lower rate → refine the VAE decoder on the frozen encoder's latents → fit the decoder to latents the
 finished model generates (`decoder_samples`) → export the fp16 single file. Score it with
 ``python benchmarks/shapes_adherence.py`` (and ``benchmarks/shapes_word_probe.py``). Defaults reproduce the
-shipped file on a 2-core CPU in about 1 h 40 min (docs/default-model.md); a GPU is used when present
+shipped file on a 2-core CPU in about 2 hours (docs/default-model.md); a GPU is used when present
 (``--device auto``). Bit-exact equality of the weights needs the same device, thread count and library versions.
 """
 from __future__ import annotations
