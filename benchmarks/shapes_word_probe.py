@@ -21,12 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from modules.models.loader import load_checkpoint_file  # noqa: E402
 from modules.shapes.captions import eval_prompts  # noqa: E402
 from modules.shapes.world import SHAPES, cell_of  # noqa: E402
-from modules.training.word_probe import ATTRIBUTES, DEFAULT_TIMESTEPS, probe_cases, word_preference  # noqa: E402
+from modules.training.word_probe import (  # noqa: E402
+    ATTRIBUTES, DEFAULT_TIMESTEPS, ProbeCase, probe_cases, word_preference,
+)
 
 DEFAULT_CHECKPOINT = Path("models/Stable-diffusion/shapes-v1.safetensors")
 
 
-def place_groups(cases: list) -> dict[str, list[int]]:
+def place_groups(cases: list[ProbeCase]) -> dict[str, list[int]]:
     """Case indices by the kind of their true place: a corner, an edge or the centre."""
     groups: dict[str, list[int]] = {"a corner": [], "an edge": [], "the center": []}
     for index, case in enumerate(cases):
