@@ -2,11 +2,13 @@
 import dataclasses
 
 import torch
+from diffusers import DDPMScheduler
 
 from modules.models.architecture import family_config
 from modules.models.loader import load_components, read_checkpoint
 from modules.models.tokenizer import load_clip_tokenizer
 from modules.training.dataset import build_dataset, caption_batch
+from modules.training.denoiser import TimestepFocus, add_noise
 from modules.training.optimise import ExponentialMovingAverage
 from modules.training.evaluate import build_pipeline, generate
 from modules.training.decoder_samples import SamplingOptions, sample_latents
@@ -21,7 +23,7 @@ TINY = dataclasses.replace(
     Recipe(), scenes=48, vae_channels=(32, 32, 32, 32), vae_steps=2, vae_batch=4, decoder_steps=2, text_hidden=32,
     text_layers=1, text_warmup_steps=2, text_warmup_batch=8, unet_channels=(32, 64), unet_steps=3, unet_batch=4,
     sampled_latents=6, sampling_first_step=(15, 18), sample_fit_steps=2, sample_fit_per_batch=2,
-    continue_steps=2, continue_warmup=1,
+    continue_steps=2, continue_warmup=1, focus_steps=2, focus_warmup=1,
 )
 
 
@@ -75,8 +77,9 @@ def test_training_writes_a_checkpoint_the_app_loader_reads(tmp_path, capsys):
     assert "VAE" in output and "UNet + text encoder" in output and "loss=" in output
     assert "text encoder warm-up" in output and "VAE decoder refinement" in output
     assert "sampled 6 latents" in output and "VAE decoder on the model's samples" in output
-    # the decoder is fitted to the finished denoiser: both denoiser stages come before the decoder stages
-    assert output.index("UNet + text encoder, continued") < output.index("VAE decoder refinement")
+    # the decoder is fitted to the finished denoiser: all denoiser stages come before the decoder stages
+    assert output.index("UNet + text encoder, continued") < output.index("UNet + text encoder, high-noise focus")
+    assert output.index("UNet + text encoder, high-noise focus") < output.index("VAE decoder refinement")
     state_dict, metadata, info = check_shapes_checkpoint(path)
     components = load_components(state_dict, info, metadata=metadata)
     assert components.native_size == 64
@@ -92,7 +95,8 @@ def test_denoiser_stage_cache_is_kept_and_reused(tmp_path):
     cache = tmp_path / "denoiser.pt"
     first_lines, second_lines = [], []
     first = train(TINY, tmp_path / "first.safetensors", log=first_lines.append, denoiser_file=cache)
-    assert cache.is_file() and any("denoiser stage saved" in line for line in first_lines)
+    assert cache.is_file() and any("denoiser stages saved" in line for line in first_lines)
+    assert torch.load(cache, weights_only=True)["stages"] == 3
     second = train(TINY, tmp_path / "second.safetensors", log=second_lines.append, denoiser_file=cache)
     assert any("read from" in line for line in second_lines)
     assert not any("denoiser trained" in line for line in second_lines)
@@ -100,6 +104,35 @@ def test_denoiser_stage_cache_is_kept_and_reused(tmp_path):
     after, _ = read_checkpoint(second)
     denoiser = [k for k in before if k.startswith(("model.diffusion_model.", "cond_stage_model."))]
     assert denoiser and all(torch.equal(before[k], after[k]) for k in denoiser)
+
+
+def test_a_two_stage_denoiser_cache_gets_the_third_stage(tmp_path):
+    """Caches written before the high-noise stage existed hold two stages: only the third runs on them."""
+    cache = tmp_path / "denoiser.pt"
+    train(TINY, tmp_path / "full.safetensors", log=lambda _: None, denoiser_file=cache)
+    saved = torch.load(cache, weights_only=True)
+    torch.save({"unet": saved["unet"], "text_encoder": saved["text_encoder"]}, cache)  # the old format
+    lines = []
+    train(TINY, tmp_path / "again.safetensors", log=lines.append, denoiser_file=cache)
+    assert any("after 2 of 3 denoiser stages" in line for line in lines)
+    assert any("denoiser trained" in line for line in lines)
+    resaved = torch.load(cache, weights_only=True)
+    assert resaved["stages"] == 3
+    assert any(not torch.equal(saved["unet"][k], resaved["unet"][k]) for k in saved["unet"])
+    assert not (tmp_path / "denoiser.pt.partial").exists()
+
+
+def test_timestep_focus_draws_its_share_at_high_noise_and_leaves_uniform_draws_alone():
+    schedule = DDPMScheduler.from_config(family_config("sd15", "scheduler/scheduler_config.json"))
+    latents = torch.zeros(4000, 4, 1, 1)
+    plain = add_noise(schedule, latents, torch.Generator().manual_seed(5), 5.0)
+    generator = torch.Generator().manual_seed(5)
+    torch.randn(latents.shape, generator=generator)
+    assert torch.equal(plain.timesteps, torch.randint(1000, (4000,), generator=generator))  # the old draw
+    focused = add_noise(schedule, latents, torch.Generator().manual_seed(5), 5.0, TimestepFocus(0.5, 500))
+    assert (focused.timesteps[:2000] >= 500).all()
+    assert torch.equal(focused.timesteps[2000:], plain.timesteps[2000:])  # the rest stays uniform
+    assert 0.7 < float((focused.timesteps >= 500).float().mean()) < 0.8
 
 
 def test_cli_flags_reach_the_recipe(tmp_path, monkeypatch):

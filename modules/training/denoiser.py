@@ -65,11 +65,25 @@ class NoisedBatch:
     weight: Tensor  # min-SNR-γ: w(t) = min(SNR, γ) / SNR with SNR = ᾱ / (1 − ᾱ)
 
 
-def add_noise(schedule: DDPMScheduler, latents: Tensor, generator: torch.Generator, snr_gamma: float) -> NoisedBatch:
-    """Noise each latent at a uniform random DDPM timestep; returns x_t, ε, t and the loss weight."""
+@dataclass(frozen=True)
+class TimestepFocus:
+    """Draw the first `share` of each batch from t ≥ `from_step` only, the rest uniformly. High noise levels are
+    where the layout is decided and where circle versus square is read most weakly (the word probe)."""
+    share: float
+    from_step: int
+
+
+def add_noise(schedule: DDPMScheduler, latents: Tensor, generator: torch.Generator, snr_gamma: float,
+              focus: TimestepFocus | None = None) -> NoisedBatch:
+    """Noise each latent at a random DDPM timestep (uniform, or per `focus`); returns x_t, ε, t and the loss
+    weight. Without `focus` it draws exactly the random numbers it always drew (stage caches stay valid)."""
     device = latents.device
     noise = torch.randn(latents.shape, generator=generator).to(device)
-    timesteps = torch.randint(schedule.config.num_train_timesteps, (len(latents),), generator=generator)
+    total = schedule.config.num_train_timesteps
+    timesteps = torch.randint(total, (len(latents),), generator=generator)
+    if focus is not None:
+        high = torch.randint(focus.from_step, total, (len(latents),), generator=generator)
+        timesteps = torch.where(torch.arange(len(latents)) < round(focus.share * len(latents)), high, timesteps)
     alphas_cumprod = schedule.alphas_cumprod[timesteps].to(device)
     timesteps = timesteps.to(device)
     snr = alphas_cumprod / (1.0 - alphas_cumprod)
@@ -83,9 +97,10 @@ def weighted_error(noised: NoisedBatch, predicted: Tensor) -> Tensor:
 
 
 def denoising_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, noise_schedule: DDPMScheduler,
-                   batch: DenoiserBatch, generator: torch.Generator, snr_gamma: float) -> Tensor:
+                   batch: DenoiserBatch, generator: torch.Generator, snr_gamma: float,
+                   focus: TimestepFocus | None = None) -> Tensor:
     """min-SNR-γ weighted ε-prediction loss of UNet(x_t, t, text)."""
-    noised = add_noise(noise_schedule, batch.latents, generator, snr_gamma)
+    noised = add_noise(noise_schedule, batch.latents, generator, snr_gamma, focus)
     context = text_encoder(batch.token_ids).last_hidden_state
     return weighted_error(noised, unet(noised.noisy, noised.timesteps, context).sample)
 
@@ -100,6 +115,7 @@ class DenoiserTraining:
     snr_gamma: float
     seed: int
     warmup: int | None = None  # learning-rate warm-up steps; None = min(200, steps / 10 + 1)
+    focus: TimestepFocus | None = None  # None = uniform timesteps
 
 
 def train_denoiser(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, noise_schedule: DDPMScheduler,
@@ -117,7 +133,8 @@ def train_denoiser(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, nois
         clean = latent_batch(means, stds, indices, generator).to(device)
         batch = DenoiserBatch(clean.contiguous(memory_format=torch.channels_last),
                               caption_batch(dataset, indices, generator, options.caption_dropout).to(device))
-        return denoising_loss(unet, text_encoder, noise_schedule, batch, generator, options.snr_gamma)
+        return denoising_loss(unet, text_encoder, noise_schedule, batch, generator, options.snr_gamma,
+                              options.focus)
 
     warmup = options.warmup if options.warmup is not None else min(200, options.steps // 10 + 1)
     schedule = Optimisation(options.steps, options.learning_rate, warmup=warmup,

@@ -4,10 +4,11 @@
 
 Stages (fixed seeds throughout): render the shapes dataset → train the VAE → encode every image once →
 warm up the text encoder on caption attributes → train text encoder + UNet together with EMA → train them on
-at a lower rate → refine the VAE decoder on the frozen encoder's latents → fit the decoder to latents the
+at a lower rate → train them on with half of each batch at high noise levels (place words, shape class) → refine
+the VAE decoder on the frozen encoder's latents → fit the decoder to latents the
 finished model generates (`decoder_samples`) → export the fp16 single file. Score it with
 ``python benchmarks/shapes_adherence.py`` (and ``benchmarks/shapes_word_probe.py``). Defaults reproduce the
-shipped file on a 2-core CPU in about 2 hours (docs/default-model.md); a GPU is used when present
+shipped file on a 2-core CPU in about 2 h 45 min (docs/default-model.md); a GPU is used when present
 (``--device auto``). Bit-exact equality of the weights needs the same device, thread count and library versions.
 """
 from __future__ import annotations
@@ -32,7 +33,9 @@ from modules.models.loader import load_checkpoint_file
 from modules.models.tokenizer import load_clip_tokenizer
 from modules.training.dataset import ShapesDataset, build_dataset
 from modules.training.decoder_samples import SamplingOptions, sample_latents
-from modules.training.denoiser import DenoiserTraining, build_text_encoder, build_unet, train_denoiser
+from modules.training.denoiser import (
+    DenoiserTraining, TimestepFocus, build_text_encoder, build_unet, train_denoiser,
+)
 from modules.training.export import export_checkpoint, model_metadata
 from modules.training.text_pretrain import labels_for_captions, pretrain_text_encoder
 from modules.training.vae import (
@@ -40,6 +43,7 @@ from modules.training.vae import (
 )
 
 FAMILY = "sd15"
+DENOISER_STAGES = 3  # first, continued, focused: what a `--denoiser-stage` cache holds when complete
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,15 @@ class Recipe:
     continue_ema_decay: float = 0.995
     continue_warmup: int = 50
     continue_seed_offset: int = 123  # the stage's random numbers: recipe seed + this
+    # Third denoiser stage: half of each batch at t ≥ 500, where the layout (place words) is decided and circle
+    # versus square is read most weakly; the other half uniform, so low noise levels keep their training.
+    focus_steps: int = 2400
+    focus_learning_rate: float = 3e-4
+    focus_ema_decay: float = 0.995
+    focus_warmup: int = 50
+    focus_high_noise_share: float = 0.5
+    focus_high_noise_from: int = 500
+    focus_seed_offset: int = 321
 
 
 def progress(total: int, label: str) -> tuple[tqdm, Callable[[int, float], None]]:
@@ -116,7 +129,7 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
 
     `vae_file`: where the trained VAE stage is kept; when it exists it is loaded instead of retrained (same
     recipe, same weights), so the denoiser can be iterated on without repeating the VAE stage. `denoiser_file`:
-    the same for both denoiser stages (UNet + text encoder, fp32), so the decoder stages can be iterated on.
+    the same for the denoiser stages (UNet + text encoder, fp32), so the decoder stages can be iterated on.
     """
     started = time.time()
     torch.manual_seed(recipe.seed)
@@ -146,16 +159,20 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
     latents = (means * scale, stds * scale)  # what the UNet sees: ~N(0, 1) per channel
     log(f"latents: {tuple(means.shape)}, scaled std {float(latents[0].std()):.3f} ({time.time() - started:.0f} s)")
 
+    stages_done = 0
     if denoiser_file is not None and denoiser_file.is_file():
-        unet, text_encoder = read_denoiser_stage(recipe, denoiser_file, device)
-        log(f"UNet + text encoder read from {denoiser_file} (trained by this command with the same recipe)")
+        unet, text_encoder, stages_done = read_denoiser_stage(recipe, denoiser_file, device)
+        log(f"UNet + text encoder after {stages_done} of {DENOISER_STAGES} denoiser stages read from "
+            f"{denoiser_file} (trained by this command with the same recipe)")
     else:
         unet, text_encoder = train_text_and_unet(recipe, dataset, latents, device, log)
         continue_denoiser(recipe, dataset, latents, unet, text_encoder, device)
+    if stages_done < DENOISER_STAGES:
+        focus_denoiser(recipe, dataset, latents, unet, text_encoder, device)
         log(f"denoiser trained ({time.time() - started:.0f} s)")
         if denoiser_file is not None:
-            torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict()}, denoiser_file)
-            log(f"denoiser stage saved to {denoiser_file}")
+            save_denoiser_stage(denoiser_file, unet, text_encoder)
+            log(f"denoiser stages saved to {denoiser_file}")
 
     # The encoder stays frozen, so this changes nothing the UNet learned; it only sharpens what it decodes.
     bar, on_step = progress(recipe.decoder_steps, "VAE decoder refinement")
@@ -170,12 +187,30 @@ def continue_denoiser(recipe: Recipe, dataset: ShapesDataset, latents: tuple[tor
                       unet: torch.nn.Module, text_encoder: torch.nn.Module, device: torch.device) -> None:
     """The second denoiser stage: more UNet + text-encoder steps on the same latents (`latents`: scaled posterior
     means and stds), at a lower learning rate and a shorter EMA; ends with the EMA weights in the models."""
-    noise_schedule = DDPMScheduler.from_config(family_config(FAMILY, "scheduler/scheduler_config.json"))
     options = DenoiserTraining(steps=recipe.continue_steps, batch_size=recipe.unet_batch,
                                learning_rate=recipe.continue_learning_rate, ema_decay=recipe.continue_ema_decay,
                                caption_dropout=recipe.caption_dropout, snr_gamma=recipe.snr_gamma,
                                seed=recipe.seed + recipe.continue_seed_offset, warmup=recipe.continue_warmup)
-    bar, on_step = progress(recipe.continue_steps, "UNet + text encoder, continued")
+    train_on(options, "UNet + text encoder, continued", dataset, latents, unet, text_encoder, device)
+
+
+def focus_denoiser(recipe: Recipe, dataset: ShapesDataset, latents: tuple[torch.Tensor, torch.Tensor],
+                   unet: torch.nn.Module, text_encoder: torch.nn.Module, device: torch.device) -> None:
+    """The third denoiser stage: like the second, with part of each batch at high noise levels only."""
+    options = DenoiserTraining(steps=recipe.focus_steps, batch_size=recipe.unet_batch,
+                               learning_rate=recipe.focus_learning_rate, ema_decay=recipe.focus_ema_decay,
+                               caption_dropout=recipe.caption_dropout, snr_gamma=recipe.snr_gamma,
+                               seed=recipe.seed + recipe.focus_seed_offset, warmup=recipe.focus_warmup,
+                               focus=TimestepFocus(recipe.focus_high_noise_share, recipe.focus_high_noise_from))
+    train_on(options, "UNet + text encoder, high-noise focus", dataset, latents, unet, text_encoder, device)
+
+
+def train_on(options: DenoiserTraining, label: str, dataset: ShapesDataset,
+             latents: tuple[torch.Tensor, torch.Tensor], unet: torch.nn.Module, text_encoder: torch.nn.Module,
+             device: torch.device) -> None:
+    """One later denoiser stage on trained models, with a progress bar; ends with its EMA weights in them."""
+    noise_schedule = DDPMScheduler.from_config(family_config(FAMILY, "scheduler/scheduler_config.json"))
+    bar, on_step = progress(options.steps, label)
     ema = train_denoiser(unet, text_encoder, noise_schedule, dataset, latents, options, device, on_step)
     bar.close()
     ema.copy_to_models()
@@ -284,8 +319,18 @@ def train_text_and_unet(recipe: Recipe, dataset: ShapesDataset, latents: tuple[t
     return unet, text_encoder
 
 
-def read_denoiser_stage(recipe: Recipe, path: Path, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """UNet and text encoder as `train` saved them after both denoiser stages (the cache of `--denoiser-stage`)."""
+def save_denoiser_stage(path: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
+    """The `--denoiser-stage` cache after all denoiser stages, written whole or not at all."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "stages": DENOISER_STAGES},
+               partial)
+    partial.replace(path)
+
+
+def read_denoiser_stage(recipe: Recipe, path: Path,
+                        device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, int]:
+    """UNet, text encoder and how many denoiser stages they have had, as `train` saved them (the cache of
+    `--denoiser-stage`; caches without a count hold the first two stages, from before the third existed)."""
     saved = torch.load(path, map_location=device, weights_only=True)
     text_encoder = build_text_encoder(family_config(FAMILY, "text_encoder/config.json"), recipe.text_hidden,
                                       recipe.text_layers).to(device)
@@ -293,7 +338,7 @@ def read_denoiser_stage(recipe: Recipe, path: Path, device: torch.device) -> tup
                       recipe.image_size // 8).to(device)
     unet.load_state_dict(saved["unet"])
     text_encoder.load_state_dict(saved["text_encoder"])
-    return unet.eval(), text_encoder.eval()
+    return unet.eval(), text_encoder.eval(), int(saved.get("stages", 2))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -309,7 +354,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep the trained VAE here and reuse it when present (stage cache)")
     parser.add_argument("--vae-only", action="store_true", help="stop after the VAE stage (needs --vae-stage)")
     parser.add_argument("--denoiser-stage", type=Path, default=None,
-                        help="keep the trained UNet + text encoder (both denoiser stages) here and reuse them when "
+                        help="keep the trained UNet + text encoder (all denoiser stages) here and reuse them when "
                              "present (stage cache)")
     parser.add_argument("--refit-decoder", type=Path, default=None, metavar="CKPT",
                         help="run only the decoder stage (decoder on the model's samples) on this checkpoint")
