@@ -187,22 +187,29 @@ def continue_denoiser(recipe: Recipe, dataset: ShapesDataset, latents: tuple[tor
                       unet: torch.nn.Module, text_encoder: torch.nn.Module, device: torch.device) -> None:
     """The second denoiser stage: more UNet + text-encoder steps on the same latents (`latents`: scaled posterior
     means and stds), at a lower learning rate and a shorter EMA; ends with the EMA weights in the models."""
-    options = DenoiserTraining(steps=recipe.continue_steps, batch_size=recipe.unet_batch,
-                               learning_rate=recipe.continue_learning_rate, ema_decay=recipe.continue_ema_decay,
-                               caption_dropout=recipe.caption_dropout, snr_gamma=recipe.snr_gamma,
-                               seed=recipe.seed + recipe.continue_seed_offset, warmup=recipe.continue_warmup)
+    options = later_stage(recipe, steps=recipe.continue_steps, learning_rate=recipe.continue_learning_rate,
+                          ema_decay=recipe.continue_ema_decay, warmup=recipe.continue_warmup,
+                          seed_offset=recipe.continue_seed_offset)
     train_on(options, "UNet + text encoder, continued", dataset, latents, unet, text_encoder, device)
 
 
 def focus_denoiser(recipe: Recipe, dataset: ShapesDataset, latents: tuple[torch.Tensor, torch.Tensor],
                    unet: torch.nn.Module, text_encoder: torch.nn.Module, device: torch.device) -> None:
     """The third denoiser stage: like the second, with part of each batch at high noise levels only."""
-    options = DenoiserTraining(steps=recipe.focus_steps, batch_size=recipe.unet_batch,
-                               learning_rate=recipe.focus_learning_rate, ema_decay=recipe.focus_ema_decay,
-                               caption_dropout=recipe.caption_dropout, snr_gamma=recipe.snr_gamma,
-                               seed=recipe.seed + recipe.focus_seed_offset, warmup=recipe.focus_warmup,
-                               focus=TimestepFocus(recipe.focus_high_noise_share, recipe.focus_high_noise_from))
+    options = later_stage(recipe, steps=recipe.focus_steps, learning_rate=recipe.focus_learning_rate,
+                          ema_decay=recipe.focus_ema_decay, warmup=recipe.focus_warmup,
+                          seed_offset=recipe.focus_seed_offset,
+                          focus=TimestepFocus(recipe.focus_high_noise_share, recipe.focus_high_noise_from))
     train_on(options, "UNet + text encoder, high-noise focus", dataset, latents, unet, text_encoder, device)
+
+
+def later_stage(recipe: Recipe, *, steps: int, learning_rate: float, ema_decay: float, warmup: int,
+                seed_offset: int, focus: TimestepFocus | None = None) -> DenoiserTraining:
+    """Options of a denoiser stage after the first: its own schedule and seed, the recipe's batch, caption
+    dropout and min-SNR γ."""
+    return DenoiserTraining(steps=steps, batch_size=recipe.unet_batch, learning_rate=learning_rate,
+                            ema_decay=ema_decay, caption_dropout=recipe.caption_dropout, snr_gamma=recipe.snr_gamma,
+                            seed=recipe.seed + seed_offset, warmup=warmup, focus=focus)
 
 
 def train_on(options: DenoiserTraining, label: str, dataset: ShapesDataset,
