@@ -1,6 +1,8 @@
 """The default-model training code end to end, at toy size and for a few steps (seconds, not an hour)."""
 import dataclasses
+import json
 
+import pytest
 import torch
 from diffusers import DDPMScheduler
 
@@ -12,7 +14,7 @@ from modules.training.denoiser import TimestepFocus, add_noise
 from modules.training.optimise import ExponentialMovingAverage
 from modules.training.evaluate import build_pipeline, generate
 from modules.training.decoder_samples import SamplingOptions, sample_latents
-from modules.training.train_default_model import Recipe, continue_from, main, refit_decoder, train
+from modules.training.train_default_model import LaterStage, Recipe, continue_from, main, refit_decoder, train
 from modules.training.vae import (
     build_vae, posterior_moments, refine_decoder, standardize_latents, standardized_moments,
     start_as_linear_autoencoder, train_vae,
@@ -23,7 +25,7 @@ TINY = dataclasses.replace(
     Recipe(), scenes=48, vae_channels=(32, 32, 32, 32), vae_steps=2, vae_batch=4, decoder_steps=2, text_hidden=32,
     text_layers=1, text_warmup_steps=2, text_warmup_batch=8, unet_channels=(32, 64), unet_steps=3, unet_batch=4,
     sampled_latents=6, sampling_first_step=(15, 18), sample_fit_steps=2, sample_fit_per_batch=2,
-    continue_steps=2, continue_warmup=1, focus_steps=2, focus_warmup=1,
+    later_stages=tuple(dataclasses.replace(stage, steps=2, warmup=1) for stage in Recipe().later_stages),
 )
 
 
@@ -96,7 +98,7 @@ def test_denoiser_stage_cache_is_kept_and_reused(tmp_path):
     first_lines, second_lines = [], []
     first = train(TINY, tmp_path / "first.safetensors", log=first_lines.append, denoiser_file=cache)
     assert cache.is_file() and any("denoiser stages saved" in line for line in first_lines)
-    assert torch.load(cache, weights_only=True)["stages"] == 3
+    assert torch.load(cache, weights_only=True)["stages"] == TINY.denoiser_stages == 3
     second = train(TINY, tmp_path / "second.safetensors", log=second_lines.append, denoiser_file=cache)
     assert any("read from" in line for line in second_lines)
     assert not any("denoiser trained" in line for line in second_lines)
@@ -106,20 +108,40 @@ def test_denoiser_stage_cache_is_kept_and_reused(tmp_path):
     assert denoiser and all(torch.equal(before[k], after[k]) for k in denoiser)
 
 
-def test_a_two_stage_denoiser_cache_gets_the_third_stage(tmp_path):
-    """Caches written before the high-noise stage existed hold two stages: only the third runs on them."""
+def test_a_denoiser_cache_from_an_earlier_recipe_gets_only_the_stages_it_lacks(tmp_path, capsys):
+    """Caches written before the high-noise stage existed hold two stages (no count stored); a recipe that adds
+    a stage finds a complete cache of its predecessor. Only the missing stages run on them, and the cache is
+    rewritten whole with the new count."""
     cache = tmp_path / "denoiser.pt"
     train(TINY, tmp_path / "full.safetensors", log=lambda _: None, denoiser_file=cache)
-    saved = torch.load(cache, weights_only=True)
-    torch.save({"unet": saved["unet"], "text_encoder": saved["text_encoder"]}, cache)  # the old format
-    lines = []
-    train(TINY, tmp_path / "again.safetensors", log=lines.append, denoiser_file=cache)
-    assert any("after 2 of 3 denoiser stages" in line for line in lines)
-    assert any("denoiser trained" in line for line in lines)
-    resaved = torch.load(cache, weights_only=True)
-    assert resaved["stages"] == 3
-    assert any(not torch.equal(saved["unet"][k], resaved["unet"][k]) for k in saved["unet"])
-    assert not (tmp_path / "denoiser.pt.partial").exists()
+    complete = torch.load(cache, weights_only=True)
+    added = LaterStage("added", steps=2, seed_offset=9, warmup=1, high_noise_share=0.25, high_noise_from=700)
+    longer = dataclasses.replace(TINY, later_stages=(*TINY.later_stages, added))
+    for recipe, held, expected in ((TINY, 2, ["high-noise focus"]), (longer, 3, ["added"]),
+                                   (longer, 2, ["high-noise focus", "added"])):
+        saved = {"unet": complete["unet"], "text_encoder": complete["text_encoder"]}
+        torch.save({**saved, "stages": held} if held == 3 else saved, cache)  # two-stage caches had no count
+        capsys.readouterr()
+        lines = []
+        train(recipe, tmp_path / "again.safetensors", log=lines.append, denoiser_file=cache)
+        output = capsys.readouterr().out
+        assert any(f"after {held} of {recipe.denoiser_stages} denoiser stages" in line for line in lines)
+        ran = [stage.label for stage in recipe.later_stages if f"UNet + text encoder, {stage.label}:" in output]
+        assert ran == expected
+        resaved = torch.load(cache, weights_only=True)
+        assert resaved["stages"] == recipe.denoiser_stages
+        assert any(not torch.equal(complete["unet"][k], resaved["unet"][k]) for k in complete["unet"])
+        assert not (tmp_path / "denoiser.pt.partial").exists()
+
+
+def test_a_denoiser_cache_with_more_stages_than_the_recipe_is_refused(tmp_path):
+    cache = tmp_path / "denoiser.pt"
+    train(TINY, tmp_path / "full.safetensors", log=lambda _: None, denoiser_file=cache)
+    shorter = dataclasses.replace(TINY, later_stages=TINY.later_stages[:1])
+    with pytest.raises(ValueError, match="holds 3 denoiser stages; this recipe has 2"):
+        train(shorter, tmp_path / "other.safetensors", log=lambda _: None, denoiser_file=cache)
+    assert torch.load(cache, weights_only=True)["stages"] == 3  # left as it was
+    assert not (tmp_path / "other.safetensors").exists()
 
 
 def test_timestep_focus_draws_its_share_at_high_noise_and_leaves_uniform_draws_alone():
@@ -217,4 +239,5 @@ def test_continue_denoiser_trains_only_the_unet_and_text_encoder_of_a_checkpoint
     assert vae and all(torch.equal(before[k], after[k]) for k in vae)
     for prefix in ("model.diffusion_model.", "cond_stage_model."):
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix))
-    assert '"continue_steps": 2' in metadata["training_recipe"]
+    first_later_stage = json.loads(metadata["training_recipe"])["later_stages"][0]
+    assert first_later_stage["label"] == "continued" and first_later_stage["steps"] == 2

@@ -43,7 +43,29 @@ from modules.training.vae import (
 )
 
 FAMILY = "sd15"
-DENOISER_STAGES = 3  # first, continued, focused: what a `--denoiser-stage` cache holds when complete
+
+
+@dataclass(frozen=True)
+class LaterStage:
+    """A denoiser stage after the first: more UNet + text-encoder steps with their own schedule (warm-up, then
+    cosine), fresh optimiser state and random numbers (recipe seed + `seed_offset`); `high_noise_share` of each
+    batch is drawn from t ≥ `high_noise_from` only (`TimestepFocus`), the rest uniformly."""
+    label: str
+    steps: int
+    seed_offset: int
+    learning_rate: float = 3e-4
+    ema_decay: float = 0.995
+    warmup: int = 50
+    high_noise_share: float = 0.0
+    high_noise_from: int = 500
+
+    def options(self, recipe: Recipe) -> DenoiserTraining:
+        """The stage's training options, with the recipe's batch, caption dropout and min-SNR γ."""
+        focus = TimestepFocus(self.high_noise_share, self.high_noise_from) if self.high_noise_share else None
+        return DenoiserTraining(steps=self.steps, batch_size=recipe.unet_batch, learning_rate=self.learning_rate,
+                                ema_decay=self.ema_decay, caption_dropout=recipe.caption_dropout,
+                                snr_gamma=recipe.snr_gamma, seed=recipe.seed + self.seed_offset,
+                                warmup=self.warmup, focus=focus)
 
 
 @dataclass(frozen=True)
@@ -83,22 +105,19 @@ class Recipe:
     ema_decay: float = 0.998
     caption_dropout: float = 0.1
     snr_gamma: float = 5.0
-    # Second denoiser stage: the UNet and text encoder train on at a lower rate (the model is undertrained;
-    # longer training is what teaches circle from square, see docs/default-model.md).
-    continue_steps: int = 1600
-    continue_learning_rate: float = 3e-4
-    continue_ema_decay: float = 0.995
-    continue_warmup: int = 50
-    continue_seed_offset: int = 123  # the stage's random numbers: recipe seed + this
-    # Third denoiser stage: half of each batch at t ≥ 500, where the layout (place words) is decided and circle
-    # versus square is read most weakly; the other half uniform, so low noise levels keep their training.
-    focus_steps: int = 2400
-    focus_learning_rate: float = 3e-4
-    focus_ema_decay: float = 0.995
-    focus_warmup: int = 50
-    focus_high_noise_share: float = 0.5
-    focus_high_noise_from: int = 500
-    focus_seed_offset: int = 321
+    # The denoiser stages after the first, in order (see `LaterStage`): the UNet and text encoder train on at a
+    # lower rate (the model is undertrained; longer training is what teaches circle from square), then with half
+    # of each batch at t ≥ 500, where the layout (place words) is decided and circle versus square is read most
+    # weakly, the other half uniform so that low noise levels keep their training.
+    later_stages: tuple[LaterStage, ...] = (
+        LaterStage("continued", steps=1600, seed_offset=123),
+        LaterStage("high-noise focus", steps=2400, seed_offset=321, high_noise_share=0.5),
+    )
+
+    @property
+    def denoiser_stages(self) -> int:
+        """How many denoiser stages a complete `--denoiser-stage` cache has had: the first and the later ones."""
+        return 1 + len(self.later_stages)
 
 
 def progress(total: int, label: str) -> tuple[tqdm, Callable[[int, float], None]]:
@@ -162,16 +181,17 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
     stages_done = 0
     if denoiser_file is not None and denoiser_file.is_file():
         unet, text_encoder, stages_done = read_denoiser_stage(recipe, denoiser_file, device)
-        log(f"UNet + text encoder after {stages_done} of {DENOISER_STAGES} denoiser stages read from "
+        log(f"UNet + text encoder after {stages_done} of {recipe.denoiser_stages} denoiser stages read from "
             f"{denoiser_file} (trained by this command with the same recipe)")
     else:
         unet, text_encoder = train_text_and_unet(recipe, dataset, latents, device, log)
-        continue_denoiser(recipe, dataset, latents, unet, text_encoder, device)
-    if stages_done < DENOISER_STAGES:
-        focus_denoiser(recipe, dataset, latents, unet, text_encoder, device)
+        stages_done = 1
+    if stages_done < recipe.denoiser_stages:
+        for stage in recipe.later_stages[stages_done - 1:]:
+            train_on(recipe, stage, dataset, latents, unet, text_encoder, device)
         log(f"denoiser trained ({time.time() - started:.0f} s)")
         if denoiser_file is not None:
-            save_denoiser_stage(denoiser_file, unet, text_encoder)
+            save_denoiser_stage(denoiser_file, unet, text_encoder, recipe.denoiser_stages)
             log(f"denoiser stages saved to {denoiser_file}")
 
     # The encoder stays frozen, so this changes nothing the UNet learned; it only sharpens what it decodes.
@@ -183,41 +203,14 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
     return write_checkpoint(recipe, out, unet, vae, text_encoder, started, log)
 
 
-def continue_denoiser(recipe: Recipe, dataset: ShapesDataset, latents: tuple[torch.Tensor, torch.Tensor],
-                      unet: torch.nn.Module, text_encoder: torch.nn.Module, device: torch.device) -> None:
-    """The second denoiser stage: more UNet + text-encoder steps on the same latents (`latents`: scaled posterior
-    means and stds), at a lower learning rate and a shorter EMA; ends with the EMA weights in the models."""
-    options = later_stage(recipe, steps=recipe.continue_steps, learning_rate=recipe.continue_learning_rate,
-                          ema_decay=recipe.continue_ema_decay, warmup=recipe.continue_warmup,
-                          seed_offset=recipe.continue_seed_offset)
-    train_on(options, "UNet + text encoder, continued", dataset, latents, unet, text_encoder, device)
-
-
-def focus_denoiser(recipe: Recipe, dataset: ShapesDataset, latents: tuple[torch.Tensor, torch.Tensor],
-                   unet: torch.nn.Module, text_encoder: torch.nn.Module, device: torch.device) -> None:
-    """The third denoiser stage: like the second, with part of each batch at high noise levels only."""
-    options = later_stage(recipe, steps=recipe.focus_steps, learning_rate=recipe.focus_learning_rate,
-                          ema_decay=recipe.focus_ema_decay, warmup=recipe.focus_warmup,
-                          seed_offset=recipe.focus_seed_offset,
-                          focus=TimestepFocus(recipe.focus_high_noise_share, recipe.focus_high_noise_from))
-    train_on(options, "UNet + text encoder, high-noise focus", dataset, latents, unet, text_encoder, device)
-
-
-def later_stage(recipe: Recipe, *, steps: int, learning_rate: float, ema_decay: float, warmup: int,
-                seed_offset: int, focus: TimestepFocus | None = None) -> DenoiserTraining:
-    """Options of a denoiser stage after the first: its own schedule and seed, the recipe's batch, caption
-    dropout and min-SNR γ."""
-    return DenoiserTraining(steps=steps, batch_size=recipe.unet_batch, learning_rate=learning_rate,
-                            ema_decay=ema_decay, caption_dropout=recipe.caption_dropout, snr_gamma=recipe.snr_gamma,
-                            seed=recipe.seed + seed_offset, warmup=warmup, focus=focus)
-
-
-def train_on(options: DenoiserTraining, label: str, dataset: ShapesDataset,
+def train_on(recipe: Recipe, stage: LaterStage, dataset: ShapesDataset,
              latents: tuple[torch.Tensor, torch.Tensor], unet: torch.nn.Module, text_encoder: torch.nn.Module,
              device: torch.device) -> None:
-    """One later denoiser stage on trained models, with a progress bar; ends with its EMA weights in them."""
+    """One later denoiser stage on trained models (`latents`: scaled posterior means and stds), with a progress
+    bar; ends with its EMA weights in them."""
     noise_schedule = DDPMScheduler.from_config(family_config(FAMILY, "scheduler/scheduler_config.json"))
-    bar, on_step = progress(options.steps, label)
+    options = stage.options(recipe)
+    bar, on_step = progress(options.steps, f"UNet + text encoder, {stage.label}")
     ema = train_denoiser(unet, text_encoder, noise_schedule, dataset, latents, options, device, on_step)
     bar.close()
     ema.copy_to_models()
@@ -289,13 +282,14 @@ def refit_decoder(recipe: Recipe, checkpoint: Path, out: Path, device: torch.dev
 
 def continue_from(recipe: Recipe, checkpoint: Path, out: Path, device: torch.device = torch.device("cpu"),
                   log: Callable[[str], None] = print) -> Path:
-    """Run only the second denoiser stage (`continue_denoiser`) on a checkpoint (`--continue-denoiser`: more
-    training for any checkpoint this command wrote; the decoder is not refitted); writes the result to `out`."""
+    """Run only the second denoiser stage (the first of `recipe.later_stages`) on a checkpoint
+    (`--continue-denoiser`: more training for any checkpoint this command wrote; the decoder is not refitted);
+    writes the result to `out`."""
     started = time.time()
     inputs = read_stage_inputs(recipe, checkpoint, device, log)
     scale = inputs.vae.config.scaling_factor
     latents = (inputs.moments[0] * scale, inputs.moments[1] * scale)
-    continue_denoiser(recipe, inputs.dataset, latents, inputs.unet, inputs.text_encoder, device)
+    train_on(recipe, recipe.later_stages[0], inputs.dataset, latents, inputs.unet, inputs.text_encoder, device)
     return write_checkpoint(recipe, out, inputs.unet, inputs.vae, inputs.text_encoder, started, log)
 
 
@@ -326,10 +320,10 @@ def train_text_and_unet(recipe: Recipe, dataset: ShapesDataset, latents: tuple[t
     return unet, text_encoder
 
 
-def save_denoiser_stage(path: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
-    """The `--denoiser-stage` cache after all denoiser stages, written whole or not at all."""
+def save_denoiser_stage(path: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module, stages: int) -> None:
+    """The `--denoiser-stage` cache after `stages` denoiser stages, written whole or not at all."""
     partial = path.with_name(path.name + ".partial")
-    torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "stages": DENOISER_STAGES},
+    torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "stages": stages},
                partial)
     partial.replace(path)
 
@@ -337,15 +331,19 @@ def save_denoiser_stage(path: Path, unet: torch.nn.Module, text_encoder: torch.n
 def read_denoiser_stage(recipe: Recipe, path: Path,
                         device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, int]:
     """UNet, text encoder and how many denoiser stages they have had, as `train` saved them (the cache of
-    `--denoiser-stage`; caches without a count hold the first two stages, from before the third existed)."""
+    `--denoiser-stage`; caches without a count hold the first two stages, from before the third existed). A cache
+    with more stages than the recipe has is refused: it is not what this recipe trains."""
     saved = torch.load(path, map_location=device, weights_only=True)
+    stages = int(saved.get("stages", 2))
+    if stages > recipe.denoiser_stages:
+        raise ValueError(f"{path} holds {stages} denoiser stages; this recipe has {recipe.denoiser_stages}")
     text_encoder = build_text_encoder(family_config(FAMILY, "text_encoder/config.json"), recipe.text_hidden,
                                       recipe.text_layers).to(device)
     unet = build_unet(family_config(FAMILY, "unet/config.json"), recipe.unet_channels, recipe.text_hidden,
                       recipe.image_size // 8).to(device)
     unet.load_state_dict(saved["unet"])
     text_encoder.load_state_dict(saved["text_encoder"])
-    return unet.eval(), text_encoder.eval(), int(saved.get("stages", 2))
+    return unet.eval(), text_encoder.eval(), stages
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
