@@ -343,6 +343,9 @@ def read_denoiser_stage(recipe: Recipe, path: Path,
                       recipe.image_size // 8).to(device)
     unet.load_state_dict(saved["unet"])
     text_encoder.load_state_dict(saved["text_encoder"])
+    # The memory format training leaves the UNet in: convolutions round differently in the other one, so the
+    # decoder stage's samples (and the shipped decoder) would differ from a run without the cache.
+    unet.to(memory_format=torch.channels_last)
     return unet.eval(), text_encoder.eval(), stages
 
 
