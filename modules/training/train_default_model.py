@@ -178,7 +178,6 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
     latents = (means * scale, stds * scale)  # what the UNet sees: ~N(0, 1) per channel
     log(f"latents: {tuple(means.shape)}, scaled std {float(latents[0].std()):.3f} ({time.time() - started:.0f} s)")
 
-    stages_done = 0
     if denoiser_file is not None and denoiser_file.is_file():
         unet, text_encoder, stages_done = read_denoiser_stage(recipe, denoiser_file, device)
         log(f"UNet + text encoder after {stages_done} of {recipe.denoiser_stages} denoiser stages read from "
