@@ -1,7 +1,7 @@
 """Prompt adherence of the default shapes model on 64 held-out prompts, with the app's default sampler.
 
     python benchmarks/shapes_adherence.py [--ckpt models/Stable-diffusion/shapes-v1.safetensors]
-                                          [--grid docs/shapes-samples.png]
+                                          [--grid docs/shapes-samples.png] [--further]
 
 Loads the checkpoint through the app's loader (`load_checkpoint_file`: read, detect the family, build) and generates
 through the app's engine (`modules.engine.generate` with a default `GenerationRequest`: DPM++ 2M, schedule
@@ -30,7 +30,7 @@ from modules.engine.generate import generate as engine_generate  # noqa: E402
 from modules.engine.model import EngineModel  # noqa: E402
 from modules.engine.request import GenerationRequest  # noqa: E402
 from modules.models.loader import load_checkpoint_file  # noqa: E402
-from modules.shapes.captions import eval_prompts  # noqa: E402
+from modules.shapes.captions import eval_prompts, further_eval_prompts  # noqa: E402
 from modules.shapes.scorer import read_image  # noqa: E402
 from modules.training.evaluate import adherence  # noqa: E402
 
@@ -89,11 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--grid", type=Path, default=None, help="save a picture grid of the samples here")
-    parser.add_argument("--count", type=int, default=64)
+    parser.add_argument("--count", type=int, default=None, help="prompts to score (default 64; 128 with --further)")
+    parser.add_argument("--further", action="store_true",
+                        help="score the 128 further held-out prompts (`further_eval_prompts`) instead: a cross-check")
     args = parser.parse_args(argv)
     model = load_engine_model(args.ckpt)
     size, family = model.native_size, model.family
-    prompts = [item.prompt for item in eval_prompts(args.count)]
+    items = further_eval_prompts(args.count or 128) if args.further else eval_prompts(args.count or 64)
+    prompts = [item.prompt for item in items]
     seeds = list(range(len(prompts)))
     started = time.time()
     images = generate(model, prompts, seeds, size)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.shapes.captions import caption, eval_prompts, held_out_scenes, parse_prompt
+from modules.shapes.captions import caption, eval_prompts, further_eval_prompts, held_out_scenes, parse_prompt
 from modules.shapes.scorer import read_image, score
 from modules.shapes.world import (
     COLOURS, PALETTE, POSITIONS, SHAPES, ShapeScene, is_held_out, make_shape, render, sample_scene,
@@ -106,6 +106,15 @@ def test_held_out_split_is_excluded_from_training_and_feeds_the_eval_prompts():
     for item in prompts:  # every eval prompt names size and position, so it pins a held-out tuple
         shape = parse_prompt(item.prompt).shapes[0]
         assert shape.size is not None and shape.position is not None
+
+
+def test_further_eval_prompts_are_held_out_and_disjoint_from_the_benchmark_set():
+    further = further_eval_prompts()
+    assert len(further) == 128 and len({p.scene for p in further}) == 128
+    assert all(is_held_out(p.scene) for p in further)
+    assert not {p.scene for p in further} & {p.scene for p in eval_prompts()}
+    with pytest.raises(ValueError, match="further held-out prompts"):
+        further_eval_prompts(1000)
 
 
 @pytest.mark.parametrize("size", [64, 128])

@@ -191,3 +191,14 @@ def eval_prompts(count: int = 64, seed: int = 2024) -> list[EvalPrompt]:
     rng = random.Random(seed)
     chosen = rng.sample(held_out_scenes(), count)
     return [EvalPrompt(caption(s, rng, mention_size=True, mention_position=True), s) for s in chosen]
+
+
+def further_eval_prompts(count: int = 128) -> list[EvalPrompt]:
+    """A second held-out set for cross-checks: the first `count` of another draw (`eval_prompts(192)`) whose
+    scene is none of the 64 benchmark prompts' scenes, so a gain on the 64 can be checked on prompts it did
+    not pick."""
+    benchmark = {item.scene for item in eval_prompts(64)}
+    further = [item for item in eval_prompts(192) if item.scene not in benchmark]
+    if count > len(further):
+        raise ValueError(f"only {len(further)} further held-out prompts")
+    return further[:count]
