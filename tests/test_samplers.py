@@ -82,8 +82,8 @@ def _denoise(scheduler, steps: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", SAMPLER_NAMES)
 def test_every_sampler_runs_a_deterministic_loop(name: str, family: str) -> None:
     sampler, schedule = resolve_sampler(name)
-    first = _denoise(build_scheduler(sampler, schedule, CONFIGS[family], seed=7), steps=20, seed=3)
-    second = _denoise(build_scheduler(sampler, schedule, CONFIGS[family], seed=7), steps=20, seed=3)
+    first = _denoise(build_scheduler(sampler, schedule, CONFIGS[family], seeds=[7]), steps=20, seed=3)
+    second = _denoise(build_scheduler(sampler, schedule, CONFIGS[family], seeds=[7]), steps=20, seed=3)
     assert torch.isfinite(first).all()
     assert torch.equal(first, second)
     assert (first - TARGET).abs().max() < 0.2  # a perfect model's sample lands on its x0 (wrong sigmas don't)
@@ -95,7 +95,7 @@ def test_every_declared_schedule_builds_and_changes_the_sigmas(name: str) -> Non
     sigma_sets = {}
     for schedule_id in sampler.schedules:
         _, schedule = resolve_sampler(name, schedule_id)
-        scheduler = build_scheduler(sampler, schedule, SDXL_CONFIG, seed=1)
+        scheduler = build_scheduler(sampler, schedule, SDXL_CONFIG, seeds=[1])
         for flag, value in {**sampler.flags, **schedule.flags}.items():
             assert scheduler.config[flag] == value, (schedule_id, flag)
         assert torch.isfinite(_denoise(scheduler, steps=6, seed=0)).all()
@@ -130,7 +130,7 @@ def test_karras_sigmas_match_k_diffusion(name: str) -> None:
     table = _reference_sigma_table()
     expected = _karras_sigmas(20, float(table[0]), float(table[-1]))
     sampler, schedule = resolve_sampler(name, "karras")
-    scheduler = build_scheduler(sampler, schedule, SD15_CONFIG, seed=0)
+    scheduler = build_scheduler(sampler, schedule, SD15_CONFIG, seeds=[0])
     scheduler.set_timesteps(20)
     sigmas = scheduler.sigmas.double()
     if name == "Heun":  # second-order: every inner sigma is repeated
@@ -144,8 +144,8 @@ def test_dpmpp_2m_automatic_is_karras_and_sde_seed_is_passed() -> None:
     sampler, schedule = resolve_sampler("DPM++ 2M")
     assert schedule.id == "karras"
     assert build_scheduler(sampler, schedule, SD15_CONFIG).config.use_karras_sigmas
-    sde = build_scheduler(*resolve_sampler("DPM++ SDE"), SD15_CONFIG, seed=1234)
-    assert sde.config.noise_sampler_seed == 1234
+    sde = build_scheduler(*resolve_sampler("DPM++ SDE"), SD15_CONFIG, seeds=[1234])
+    assert sde.config.noise_sampler_seed == [1234]
 
 
 def test_timestep_samplers_keep_a1111_spacing() -> None:

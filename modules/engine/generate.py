@@ -110,6 +110,12 @@ def plan_generation(request: GenerationRequest, options: EngineOptions) -> Gener
     return GenerationPlan(resolved, sampler, schedule, seeds, subseeds, clip_skip, prompt, options)
 
 
+def step_noise_generators(seeds: list[int]) -> list[torch.Generator]:
+    """Ancestral and SDE samplers draw fresh noise at every step: from each image's own seeded generator, never
+    the process-wide one, so a re-run of a request does not depend on what ran before it."""
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+
 def sample_batch(model: EngineModel, plan: GenerationPlan, seeds: list[int], subseeds: list[int], batch_no: int,
                  observer: StepObserver) -> list[Image.Image]:
     """First pass (and hires pass) for one batch; returns decoded images."""
@@ -129,11 +135,12 @@ def sample_batch(model: EngineModel, plan: GenerationPlan, seeds: list[int], sub
     # A1111 "inpainting conditioning": a 9-channel UNet in txt2img sees a full mask over a grey image
     conditioning = img2img_stage.inpainting_txt2img_inputs(model, len(seeds), request.width, request.height) \
         if model.is_inpainting else {}
-    scheduler = build_scheduler(plan.sampler, plan.schedule, model.scheduler_config, seed=seeds[0])
+    scheduler = build_scheduler(plan.sampler, plan.schedule, model.scheduler_config, seeds=seeds)
     pipe = model.pipeline("inpaint" if model.is_inpainting else "txt2img", scheduler)
     observer.begin_pass(job_no=pass_no, job_count=job_count, steps=request.steps, label=f"Batch {batch_no + 1}")
     latents = run_pipeline(pipe, model, schedule, request, observer, batch=len(seeds), steps=request.steps,
-                           latents=noise.to(model.device, model.dtype), output_type="latent",
+                           latents=noise.to(model.device, model.dtype), generator=step_noise_generators(seeds),
+                           output_type="latent",
                            width=request.width, height=request.height, control=plan.control, **conditioning)
     if request.hires is not None and not observer.interrupted():
         latents = hires_pass(model, plan, latents, seeds, pass_no + 1, job_count, observer)
@@ -154,12 +161,11 @@ def img2img_batch(model: EngineModel, plan: GenerationPlan, seeds: list[int], su
         return batch.sources
     schedule = model.prompt_encoder.schedule(plan.prompt, request.negative_prompt, request.steps,
                                              clip_skip=plan.clip_skip, emphasis=options.emphasis)
-    scheduler = build_scheduler(plan.sampler, plan.schedule, model.scheduler_config, seed=seeds[0])
+    scheduler = build_scheduler(plan.sampler, plan.schedule, model.scheduler_config, seeds=seeds)
     pipe = model.pipeline(batch.task, img2img_stage.preset_noise_scheduler(scheduler, batch.noise))
     observer.begin_pass(job_no=batch_no, job_count=request.n_iter, steps=batch.steps.run, label=f"Batch {batch_no + 1}")
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]  # ancestral samplers' step noise
     latents = run_pipeline(pipe, model, schedule, request, observer, batch=len(seeds), steps=batch.steps.total,
-                           strength=batch.steps.strength, generator=generators, output_type="latent",
+                           strength=batch.steps.strength, generator=step_noise_generators(seeds), output_type="latent",
                            width=request.width, height=request.height, control=plan.control, **batch.inputs)
     return img2img_stage.finish(batch, model.decode(latents), apply_overlay=options.mask_apply_overlay)
 
@@ -198,14 +204,13 @@ def hires_pass(model: EngineModel, plan: GenerationPlan, latents: torch.Tensor, 
                                              clip_skip=plan.clip_skip, emphasis=plan.options.emphasis)
     if hires.denoising_strength == 0:
         return image if torch.is_tensor(image) else model.encode(image)
-    pipe = model.pipeline("img2img", build_scheduler(plan.sampler, plan.schedule, model.scheduler_config, seed=seeds[0]))
+    pipe = model.pipeline("img2img", build_scheduler(plan.sampler, plan.schedule, model.scheduler_config, seeds=seeds))
     # A1111 runs exactly `steps` hires steps on a schedule stretched to steps / strength; diffusers then
     # executes int(total * strength) of `total`, and ceil makes that exactly `steps`.
     total = math.ceil(steps / hires.denoising_strength)
     observer.begin_pass(job_no=pass_no, job_count=job_count, steps=steps, label="Hires fix")
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     return run_pipeline(pipe, model, schedule, request, observer, batch=len(seeds), steps=total, image=image,
-                        strength=hires.denoising_strength, generator=generators, output_type="latent",
+                        strength=hires.denoising_strength, generator=step_noise_generators(seeds), output_type="latent",
                         width=width, height=height, control=plan.control and plan.control.for_hires())
 
 

@@ -243,8 +243,9 @@ def _scheduler_class(class_name: str) -> type:
 
 
 def build_scheduler(sampler: SamplerSpec, schedule: ScheduleSpec, model_scheduler_config: Mapping[str, Any], *,
-                    seed: int | None = None) -> Any:
-    """A NEW diffusers scheduler for one job. `seed` seeds DPM++ SDE's Brownian noise (reproducible images)."""
+                    seeds: list[int] | None = None) -> Any:
+    """A NEW diffusers scheduler for one job. `seeds` (one per image of the batch) seed the Brownian noise of the
+    SDE samplers, one tree per image as A1111 does, so an image is the same alone or in a batch."""
     if schedule.id == AUTOMATIC and sampler.k_diffusion:
         schedule = schedule_by_id(sampler.default_schedule)
     _check_supported(sampler, schedule)
@@ -252,7 +253,7 @@ def build_scheduler(sampler: SamplerSpec, schedule: ScheduleSpec, model_schedule
     scheduler_class = _scheduler_class(sampler.scheduler_class)
     accepted = set(inspect.signature(scheduler_class.__init__).parameters)
     if "noise_sampler_seed" in accepted:
-        kwargs["noise_sampler_seed"] = seed
+        kwargs["noise_sampler_seed"] = list(seeds) if seeds else None
     if "steps_offset" in accepted:
         # Pipelines rewrite any other value to 1 with a deprecation warning; it only matters for "leading".
         kwargs.setdefault("steps_offset", 1)
