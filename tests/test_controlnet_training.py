@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from diffusers import ControlNetModel
+from diffusers import ControlNetModel, DDPMScheduler
 from safetensors import safe_open
 
 from benchmarks.shapes_controlnet import (
@@ -18,7 +18,7 @@ from modules.models.detect import detect_component_kind
 from modules.models.loader import load_checkpoint_file, read_checkpoint
 from modules.models.tokenizer import load_clip_tokenizer
 from modules.shapes.world import ShapeScene, cell_of, is_held_out, render
-from modules.training.controlnet import HINT_CHANNELS, build_controlnet
+from modules.training.controlnet import HINT_CHANNELS, ControlBatch, FrozenModel, build_controlnet, controlnet_loss
 from modules.training.controlnet_data import (
     RADIUS_RANGE, build_control_dataset, control_batch, free_shape, sample_control_scene,
 )
@@ -97,6 +97,35 @@ def test_a_new_controlnet_has_a_live_hint_path_but_starts_at_the_base_model(base
         features = controlnet.controlnet_cond_embedding(control)
     assert all(residual.abs().max() == 0 for residual in (*down, middle))  # zero convolutions: no change yet
     assert features.abs().mean() > 0  # ... but the hint already reaches the encoder copy, so they learn from it
+
+
+def test_the_controlnet_learns_the_base_models_prediction_type(base):
+    """A ControlNet for a v-prediction base must predict v: the loss follows the base's scheduler config."""
+    controlnet = build_controlnet(base.unet, seed=1)
+    latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    token_ids = load_clip_tokenizer()(["a red circle on a blue background"] * 4, padding="max_length",
+                                      max_length=77, return_tensors="pt").input_ids
+    batch = ControlBatch(latents, token_ids, torch.rand(4, 3, 64, 64), token_ids[0])
+    losses = {}
+    for prediction in ("epsilon", "v_prediction"):
+        schedule = DDPMScheduler.from_config({**base.scheduler_config, "prediction_type": prediction})
+        with torch.no_grad():
+            loss = controlnet_loss(controlnet, FrozenModel(base.unet, base.text_encoder, schedule), batch,
+                                   torch.Generator().manual_seed(3), 5.0)
+            noise = torch.randn(latents.shape, generator=(generator := torch.Generator().manual_seed(3)))
+            t = torch.randint(1000, (4,), generator=generator)
+            alpha = schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
+            noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
+            predicted = base.unet(noisy, t, base.text_encoder(token_ids).last_hidden_state).sample  # zero residuals
+        snr = (alpha / (1 - alpha)).flatten()
+        if prediction == "epsilon":
+            target, weight = noise, snr.clamp(max=5.0) / snr
+        else:
+            target, weight = alpha.sqrt() * noise - (1 - alpha).sqrt() * latents, snr.clamp(max=5.0) / (snr + 1)
+        expected = (weight * (predicted - target).pow(2).mean(dim=(1, 2, 3))).mean()
+        assert torch.allclose(loss, expected, rtol=1e-4)
+        losses[prediction] = float(loss)
+    assert abs(losses["epsilon"] - losses["v_prediction"]) > 1e-3 * losses["epsilon"]
 
 
 def test_export_uses_lllyasviel_keys_and_round_trips_through_diffusers(base, tmp_path):

@@ -10,7 +10,7 @@ from modules.models.architecture import family_config
 from modules.models.loader import load_components, read_checkpoint
 from modules.models.tokenizer import load_clip_tokenizer
 from modules.training.dataset import build_dataset, caption_batch
-from modules.training.denoiser import TimestepFocus, add_noise
+from modules.training.denoiser import TimestepFocus, add_noise, weighted_error
 from modules.training.optimise import ExponentialMovingAverage
 from modules.training.evaluate import build_pipeline, generate
 from modules.training.decoder_samples import SamplingOptions, sample_latents
@@ -156,6 +156,32 @@ def test_timestep_focus_draws_its_share_at_high_noise_and_leaves_uniform_draws_a
     assert (focused.timesteps[:2000] >= 500).all()
     assert torch.equal(focused.timesteps[2000:], plain.timesteps[2000:])  # the rest stays uniform
     assert 0.7 < float((focused.timesteps >= 500).float().mean()) < 0.8
+
+
+def test_v_prediction_targets_velocity_with_the_same_weight_on_the_x0_error_as_epsilon():
+    config = family_config("sd15", "scheduler/scheduler_config.json")
+    latents = torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    wrong_x0 = latents + 0.1 * torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
+    losses = {}
+    for prediction_type in ("epsilon", "v_prediction"):
+        schedule = DDPMScheduler.from_config({**config, "prediction_type": prediction_type})
+        noised = add_noise(schedule, latents, torch.Generator().manual_seed(5), 5.0)
+        alpha = schedule.alphas_cumprod[noised.timesteps].view(-1, 1, 1, 1)
+        assert torch.allclose(noised.noisy, alpha.sqrt() * latents + (1 - alpha).sqrt() * noised.noise, atol=1e-5)
+        # the same wrong guess of x₀ in each parametrisation (ε from x_t and x₀; v = √ᾱ·ε − √(1−ᾱ)·x₀)
+        epsilon = (noised.noisy - alpha.sqrt() * wrong_x0) / (1 - alpha).sqrt()
+        if prediction_type == "epsilon":
+            assert torch.equal(noised.target, noised.noise)
+            predicted = epsilon
+        else:
+            velocity = alpha.sqrt() * noised.noise - (1 - alpha).sqrt() * latents
+            assert torch.allclose(noised.target, velocity, atol=1e-5)
+            predicted = alpha.sqrt() * epsilon - (1 - alpha).sqrt() * wrong_x0
+        losses[prediction_type] = weighted_error(noised, predicted)
+    snr = (alpha / (1 - alpha)).flatten()
+    expected = (snr.clamp(max=5.0) * (wrong_x0 - latents).pow(2).mean(dim=(1, 2, 3))).mean()  # min(SNR, γ)·‖Δx₀‖²
+    assert torch.allclose(losses["epsilon"], expected, rtol=1e-3)
+    assert torch.allclose(losses["v_prediction"], expected, rtol=1e-3)
 
 
 def test_cli_flags_reach_the_recipe(tmp_path, monkeypatch):

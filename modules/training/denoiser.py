@@ -62,7 +62,8 @@ class NoisedBatch:
     noise: Tensor  # ε
     timesteps: Tensor
     noisy: Tensor  # x_t = √ᾱ·x₀ + √(1 − ᾱ)·ε
-    weight: Tensor  # min-SNR-γ: w(t) = min(SNR, γ) / SNR with SNR = ᾱ / (1 − ᾱ)
+    target: Tensor  # what the UNet predicts: ε, or v = √ᾱ·ε − √(1 − ᾱ)·x₀ for a v-prediction schedule
+    weight: Tensor  # min-SNR-γ: min(SNR, γ) / SNR for ε, min(SNR, γ) / (SNR + 1) for v; SNR = ᾱ / (1 − ᾱ)
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,10 @@ class TimestepFocus:
 
 def add_noise(schedule: DDPMScheduler, latents: Tensor, generator: torch.Generator, snr_gamma: float,
               focus: TimestepFocus | None = None) -> NoisedBatch:
-    """Noise each latent at a random DDPM timestep (uniform, or per `focus`); returns x_t, ε, t and the loss
-    weight. Without `focus` it draws exactly the random numbers it always drew (stage caches stay valid)."""
+    """Noise each latent at a random DDPM timestep (uniform, or per `focus`); returns x_t, ε, t, the target of
+    the schedule's `prediction_type` and the loss weight. Both targets get the same weight on the x₀ error
+    (min(SNR, γ)), so only the UNet's output parametrisation differs. Without `focus` it draws exactly the
+    random numbers it always drew (stage caches stay valid)."""
     device = latents.device
     noise = torch.randn(latents.shape, generator=generator).to(device)
     total = schedule.config.num_train_timesteps
@@ -87,19 +90,23 @@ def add_noise(schedule: DDPMScheduler, latents: Tensor, generator: torch.Generat
     alphas_cumprod = schedule.alphas_cumprod[timesteps].to(device)
     timesteps = timesteps.to(device)
     snr = alphas_cumprod / (1.0 - alphas_cumprod)
-    return NoisedBatch(noise, timesteps, schedule.add_noise(latents, noise, timesteps),
-                       torch.clamp(snr, max=snr_gamma) / snr)
+    noisy = schedule.add_noise(latents, noise, timesteps)
+    if schedule.config.prediction_type == "v_prediction":
+        target, weight = schedule.get_velocity(latents, noise, timesteps), torch.clamp(snr, max=snr_gamma) / (snr + 1)
+    else:
+        target, weight = noise, torch.clamp(snr, max=snr_gamma) / snr
+    return NoisedBatch(noise, timesteps, noisy, target, weight)
 
 
 def weighted_error(noised: NoisedBatch, predicted: Tensor) -> Tensor:
-    """Σ w(t)·‖ε̂ − ε‖² / n: the min-SNR-weighted ε-prediction loss."""
-    return (noised.weight * (predicted - noised.noise).pow(2).mean(dim=(1, 2, 3))).mean()
+    """Σ w(t)·‖prediction − target‖² / n: the min-SNR-weighted ε- (or v-) prediction loss."""
+    return (noised.weight * (predicted - noised.target).pow(2).mean(dim=(1, 2, 3))).mean()
 
 
 def denoising_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, noise_schedule: DDPMScheduler,
                    batch: DenoiserBatch, generator: torch.Generator, snr_gamma: float,
                    focus: TimestepFocus | None = None) -> Tensor:
-    """min-SNR-γ weighted ε-prediction loss of UNet(x_t, t, text)."""
+    """min-SNR-γ weighted ε- (or v-) prediction loss of UNet(x_t, t, text)."""
     noised = add_noise(noise_schedule, batch.latents, generator, snr_gamma, focus)
     context = text_encoder(batch.token_ids).last_hidden_state
     return weighted_error(noised, unet(noised.noisy, noised.timesteps, context).sample)
