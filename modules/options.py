@@ -14,6 +14,7 @@ class LaunchOptions:
     gradio_auth: str | None = None
     api_auth: str | None = None
     nowebui: bool = False
+    api: bool = False  # A1111's flag to turn the API on; ours is always on
     data_dir: str | None = None
     models_dir: str | None = None
     ckpt_dir: str | None = None
@@ -37,7 +38,9 @@ class LaunchOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch.py", description="Stable Diffusion WebUI (offline, A1111-compatible)")
+    # No abbreviations: A1111's `--api` would otherwise be read as a prefix of `--api-auth`.
+    parser = argparse.ArgumentParser(prog="launch.py", description="Stable Diffusion WebUI (offline, A1111-compatible)",
+                                     allow_abbrev=False)
     serve = parser.add_argument_group("serving")
     serve.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     serve.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 so other machines can connect")
@@ -45,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--gradio-auth", metavar="USER:PASS[,USER:PASS]", help="password-protect the web UI")
     serve.add_argument("--api-auth", metavar="USER:PASS[,USER:PASS]", help="HTTP Basic auth for /sdapi/v1")
     serve.add_argument("--nowebui", action="store_true", help="serve the API only")
+    serve.add_argument("--api", action="store_true",
+                       help="accepted for A1111 compatibility: /sdapi/v1 is always served")
     serve.add_argument("--enable-insecure-extension-access", action="store_true",
                        help="allow installing extensions while listening on the network or sharing")
     folders = parser.add_argument_group("folders")

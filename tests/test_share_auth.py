@@ -43,6 +43,14 @@ def test_flags_parse():
     assert options.gradio_auth == "u:p" and options.api_auth == "a:b" and options.enable_insecure_extension_access
 
 
+def test_a1111s_api_flag_is_accepted_and_flags_are_never_abbreviated(capsys):
+    assert parse_options(["--api"]).api  # webuiapi's instructions start A1111 with --api; our API is always on
+    assert parse_options(["--api", "--api-auth", "a:b"]).api_auth == "a:b"
+    with pytest.raises(SystemExit):
+        parse_options(["--api-a", "a:b"])
+    assert "unrecognized arguments: --api-a" in capsys.readouterr().err
+
+
 def test_share_offline_says_so_and_the_local_server_keeps_running(tmp_path, capsys, caplog):
     app = create_app(LaunchOptions(data_dir=str(tmp_path), nowebui=True, device="cpu", share=True, port=0),
                      load_model=False)
