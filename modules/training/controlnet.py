@@ -86,7 +86,7 @@ def controlled_prediction(controlnet: ControlNetModel, unet: UNet2DConditionMode
 
 def controlnet_loss(controlnet: ControlNetModel, frozen: FrozenModel, batch: ControlBatch,
                     generator: torch.Generator, snr_gamma: float) -> Tensor:
-    """min-SNR-γ weighted ε-MSE of the controlled prediction."""
+    """min-SNR-γ weighted ε- (or v-, per the base's schedule) MSE of the controlled prediction."""
     noised = add_noise(frozen.noise_schedule, batch.latents, generator, snr_gamma)
     with torch.no_grad():
         context = frozen.text_encoder(batch.token_ids).last_hidden_state
