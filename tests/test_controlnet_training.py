@@ -23,6 +23,7 @@ from modules.training.controlnet_data import (
     RADIUS_RANGE, build_control_dataset, control_batch, free_shape, sample_control_scene,
 )
 from modules.training.controlnet_export import controlnet_from_ldm, controlnet_to_ldm
+from modules.training.denoiser import add_noise, weighted_error
 from modules.training.train_controlnet import Recipe, main, train
 
 TINY = dataclasses.replace(Recipe(), scenes=6, steps=2, batch=2)
@@ -112,17 +113,10 @@ def test_the_controlnet_learns_the_base_models_prediction_type(base):
         with torch.no_grad():
             loss = controlnet_loss(controlnet, FrozenModel(base.unet, base.text_encoder, schedule), batch,
                                    torch.Generator().manual_seed(3), 5.0)
-            noise = torch.randn(latents.shape, generator=(generator := torch.Generator().manual_seed(3)))
-            t = torch.randint(1000, (4,), generator=generator)
-            alpha = schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
-            noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
-            predicted = base.unet(noisy, t, base.text_encoder(token_ids).last_hidden_state).sample  # zero residuals
-        snr = (alpha / (1 - alpha)).flatten()
-        if prediction == "epsilon":
-            target, weight = noise, snr.clamp(max=5.0) / snr
-        else:
-            target, weight = alpha.sqrt() * noise - (1 - alpha).sqrt() * latents, snr.clamp(max=5.0) / (snr + 1)
-        expected = (weight * (predicted - target).pow(2).mean(dim=(1, 2, 3))).mean()
+            noised = add_noise(schedule, latents, torch.Generator().manual_seed(3), 5.0)  # the loss's draw
+            context = base.text_encoder(token_ids).last_hidden_state
+            # a new ControlNet adds zero residuals: the base UNet's prediction against the base's target
+            expected = weighted_error(noised, base.unet(noised.noisy, noised.timesteps, context).sample)
         assert torch.allclose(loss, expected, rtol=1e-4)
         losses[prediction] = float(loss)
     assert abs(losses["epsilon"] - losses["v_prediction"]) > 1e-3 * losses["epsilon"]
