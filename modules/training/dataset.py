@@ -7,6 +7,7 @@ prediction classifier-free guidance needs.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from torch import Tensor
 from transformers import CLIPTokenizer
 
 from modules.shapes.captions import caption
-from modules.shapes.world import ShapeScene, render, sample_scene
+from modules.shapes.world import ShapeScene, is_held_out, render, sample_scene
 
 CLIP_LENGTH = 77
 
@@ -54,6 +55,28 @@ def build_dataset(count: int, size: int, seed: int, tokenizer: CLIPTokenizer,
         token_ids=token_ids,
         empty_ids=tokenize(tokenizer, [""])[0],
     )
+
+
+@dataclass
+class ClassTwins:
+    """For scenes that have one, the same scene with one shape's class changed (`class_twins`)."""
+    indices: Tensor  # int64 [M]: dataset scenes with a twin
+    images: Tensor  # uint8 [M, 3, size, size]: their twins, rendered
+
+
+def class_twins(scenes: list[ShapeScene], size: int, seed: int) -> ClassTwins:
+    """Each scene with its first shape's class swapped: circle ↔ square, a triangle becomes either. Twins that
+    fall into the held-out split are skipped (never rendered for training)."""
+    rng = random.Random(seed)
+    indices, images = [], []
+    for index, scene in enumerate(scenes):
+        shape = scene.shapes[0]
+        kind = {"circle": "square", "square": "circle"}.get(shape.kind) or rng.choice(("circle", "square"))
+        twin = dataclasses.replace(scene, shapes=(dataclasses.replace(shape, kind=kind), *scene.shapes[1:]))
+        if not is_held_out(twin):
+            indices.append(index)
+            images.append(np.asarray(render(twin, size)))
+    return ClassTwins(torch.tensor(indices), torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous())
 
 
 def to_model_range(images: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from modules.models.architecture import family_config
 from modules.models.loader import load_checkpoint_file
 from modules.models.tokenizer import load_clip_tokenizer
-from modules.training.dataset import ShapesDataset, build_dataset
+from modules.training.dataset import ShapesDataset, build_dataset, class_twins
 from modules.training.decoder_samples import SamplingOptions, sample_latents
 from modules.training.denoiser import (
     DenoiserTraining, TimestepFocus, build_text_encoder, build_unet, train_denoiser,
@@ -39,7 +39,7 @@ from modules.training.denoiser import (
 from modules.training.export import export_checkpoint, model_metadata
 from modules.training.text_pretrain import labels_for_captions, pretrain_text_encoder
 from modules.training.vae import (
-    build_vae, posterior_moments, refine_decoder, standardize_latents, standardized_moments, train_vae,
+    ClassSeparation, build_vae, posterior_moments, refine_decoder, standardize_latents, standardized_moments, train_vae,
 )
 
 FAMILY = "sd15"
@@ -84,6 +84,10 @@ class Recipe:
     vae_batch: int = 6
     vae_learning_rate: float = 2e-3
     vae_kl_weight: float = 1e-6
+    # ClassSeparation (0 = off): each VAE batch is half scenes, half their class twins, and the encoder keeps
+    # twins this far apart (relative to a typical latent's norm), so the class is a large feature of the latent
+    vae_separation_weight: float = 0.0
+    vae_separation_target: float = 0.15
     decoder_steps: int = 800  # decoder-only refinement on the frozen encoder's latents
     decoder_learning_rate: float = 1e-3
     # Last stage: the decoder learns from latents the denoiser generated (see decoder_samples)
@@ -162,10 +166,15 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
         vae.load_state_dict(torch.load(vae_file, map_location=device, weights_only=True))
         log(f"VAE stage read from {vae_file} (trained by this command with the same recipe)")
     else:
+        separation = twins = None
+        if recipe.vae_separation_weight:
+            separation = ClassSeparation(recipe.vae_separation_weight, recipe.vae_separation_target)
+            twins = class_twins(dataset.scenes, recipe.image_size, recipe.seed + 7)
+            log(f"class twins: {len(twins.indices)} of {len(dataset)} scenes ({time.time() - started:.0f} s)")
         bar, on_step = progress(recipe.vae_steps, "VAE")
         train_vae(vae, dataset.images, steps=recipe.vae_steps, batch_size=recipe.vae_batch,
                   learning_rate=recipe.vae_learning_rate, kl_weight=recipe.vae_kl_weight, seed=recipe.seed + 1,
-                  device=device, on_step=on_step)
+                  device=device, on_step=on_step, twins=twins, separation=separation)
         bar.close()
         if vae_file is not None:
             torch.save(vae.state_dict(), vae_file)
@@ -233,10 +242,19 @@ def fit_decoder_to_samples(recipe: Recipe, dataset: ShapesDataset, vae: Autoenco
     bar.close()
 
 
+def recipe_fields(recipe: Recipe) -> dict[str, object]:
+    """The recipe as the file's metadata stores it. With the class-separation term off its two fields are left
+    out, so the shipped recipe still writes the shipped file byte for byte."""
+    fields = dataclasses.asdict(recipe)
+    if not recipe.vae_separation_weight:
+        del fields["vae_separation_weight"], fields["vae_separation_target"]
+    return fields
+
+
 def write_checkpoint(recipe: Recipe, out: Path, unet: torch.nn.Module, vae: AutoencoderKL,
                      text_encoder: torch.nn.Module, started: float, log: Callable[[str], None]) -> Path:
     metadata = model_metadata(
-        native_size=recipe.image_size, recipe=dataclasses.asdict(recipe), title="shapes-v1",
+        native_size=recipe.image_size, recipe=recipe_fields(recipe), title="shapes-v1",
         description="Tiny text-to-image model trained in-repo on the generated shapes world "
                     "(flat circles, squares and triangles on plain backgrounds).")
     path = export_checkpoint(out, unet, vae, text_encoder, metadata)
