@@ -6,6 +6,7 @@ import math
 import random
 
 import numpy as np
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -68,6 +69,8 @@ def test_train_vae_with_twins_trains_on_pairs():
               on_step=lambda step, loss: plain.append(loss))
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert losses[0] > plain[0] + 10.0  # log(10 / ratio)² · 10 with ratio < 1
+    with pytest.raises(ValueError, match="pass both or neither"):
+        train_vae(vae, images, steps=1, batch_size=4, learning_rate=1e-3, kl_weight=1e-4, seed=0, twins=twins)
 
 
 def test_the_shipped_recipe_is_stored_without_the_separation_fields():

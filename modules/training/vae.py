@@ -173,13 +173,14 @@ def train_vae(vae: AutoencoderKL, images: Tensor, *, steps: int, batch_size: int
     crops sees other statistics than at use and gets colours wrong. With `twins` and `separation`, each batch
     is half scenes and half their class twins, and the `separation` term applies to the pairs.
     """
+    if (twins is None) != (separation is None):
+        raise ValueError("class twins and the separation term go together: pass both or neither")
     generator = torch.Generator().manual_seed(seed)
     start_as_linear_autoencoder(vae)
     start_with_narrow_posterior(vae)
-    paired = twins is not None and separation is not None
 
     def step_loss() -> Tensor:
-        if not paired:
+        if twins is None or separation is None:
             indices = torch.randint(len(images), (batch_size,), generator=generator)
             batch, background = _image_batch(images, indices, device)
             return vae_loss(vae, batch, background, generator, kl_weight)
