@@ -69,6 +69,13 @@ def test_train_vae_with_twins_trains_on_pairs():
               on_step=lambda step, loss: plain.append(loss))
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert losses[0] > plain[0] + 10.0  # log(10 / ratio)² · 10 with ratio < 1
+    # switched on from step 2: the first two steps carry no term, the third does
+    delayed: list[float] = []
+    vae = build_vae(family_config("sd15", "vae/config.json"), (32, 32, 32, 32), 1, 64)
+    train_vae(vae, images, steps=3, batch_size=4, learning_rate=1e-3, kl_weight=1e-4, seed=0,
+              on_step=lambda step, loss: delayed.append(loss), twins=twins,
+              separation=ClassSeparation(weight=10.0, target=10.0, from_step=2))
+    assert delayed[0] < losses[0] - 10.0 and delayed[1] < losses[1] - 10.0 and delayed[2] > 10.0
     with pytest.raises(ValueError, match="pass both or neither"):
         train_vae(vae, images, steps=1, batch_size=4, learning_rate=1e-3, kl_weight=1e-4, seed=0, twins=twins)
 
@@ -80,3 +87,23 @@ def test_the_shipped_recipe_is_stored_without_the_separation_fields():
     assert json.loads(json.dumps(recipe_fields(Recipe()))) == shipped
     on = recipe_fields(dataclasses.replace(Recipe(), vae_separation_weight=0.02))
     assert on["vae_separation_weight"] == 0.02 and on["vae_separation_target"] == 0.15
+    assert on["vae_separation_from"] == 0
+
+
+def test_local_separation_counts_only_where_the_pair_differs():
+    """A pair whose images differ in one corner: a difference there is what the term wants, the same difference
+    spread over every cell (a shift of the background's code too) is penalised."""
+    first = torch.zeros(2, 3, 64, 64)
+    second = first.clone()
+    second[:, :, 4:14, 4:14] = 1.0  # differs in latent cells (0..1, 0..1); with the one-cell rim, (0..2, 0..2)
+    images = torch.cat([first, second])
+    term = ClassSeparation(weight=1.0, target=0.2, local=True)
+    base = torch.randn(2, 4, 8, 8)
+    corner = torch.zeros(2, 4, 8, 8)
+    corner[:, :, :2, :2] = 3.0
+    everywhere = torch.full((2, 4, 8, 8), 3.0 * 2 / 8)  # the same norm of difference, spread over all 64 cells
+    local_loss = float(term.loss(torch.cat([base, base + corner]), images=images))
+    global_loss = float(term.loss(torch.cat([base, base + everywhere]), images=images))
+    assert local_loss < 0.05 and global_loss > 1.0
+    with pytest.raises(ValueError, match="needs the pairs' images"):
+        term.loss(torch.cat([base, base + corner]))

@@ -88,6 +88,8 @@ class Recipe:
     # twins this far apart (relative to a typical latent's norm), so the class is a large feature of the latent
     vae_separation_weight: float = 0.0
     vae_separation_target: float = 0.15
+    vae_separation_from: int = 0  # VAE step at which the term starts
+    vae_separation_local: bool = False  # measured only where a pair differs; the rest of the pair kept equal
     decoder_steps: int = 800  # decoder-only refinement on the frozen encoder's latents
     decoder_learning_rate: float = 1e-3
     # Last stage: the decoder learns from latents the denoiser generated (see decoder_samples)
@@ -168,7 +170,8 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
     else:
         separation = twins = None
         if recipe.vae_separation_weight:
-            separation = ClassSeparation(recipe.vae_separation_weight, recipe.vae_separation_target)
+            separation = ClassSeparation(recipe.vae_separation_weight, recipe.vae_separation_target,
+                                         recipe.vae_separation_from, recipe.vae_separation_local)
             twins = class_twins(dataset.scenes, recipe.image_size, recipe.seed + 7)
             log(f"class twins: {len(twins.indices)} of {len(dataset)} scenes ({time.time() - started:.0f} s)")
         bar, on_step = progress(recipe.vae_steps, "VAE")
@@ -243,11 +246,12 @@ def fit_decoder_to_samples(recipe: Recipe, dataset: ShapesDataset, vae: Autoenco
 
 
 def recipe_fields(recipe: Recipe) -> dict[str, object]:
-    """The recipe as the file's metadata stores it. With the class-separation term off its two fields are left
+    """The recipe as the file's metadata stores it. With the class-separation term off its fields are left
     out, so the shipped recipe still writes the shipped file byte for byte."""
     fields = dataclasses.asdict(recipe)
     if not recipe.vae_separation_weight:
-        del fields["vae_separation_weight"], fields["vae_separation_target"]
+        for name in ("weight", "target", "from", "local"):
+            del fields[f"vae_separation_{name}"]
     return fields
 
 
