@@ -141,7 +141,8 @@ class ClassSeparation:
     weight · relu(log target − log ratio)². Scale-free, so `standardize_latents` keeps it. The spread is taken
     as given (no gradient): through it the encoder would raise the ratio most cheaply by shrinking everything
     else, the colours first (a trial did: 15.8 dB where the plain VAE reaches 24.5). `from_step`: the term is
-    off (weight 0) for the first steps, so that the reconstruction settles before the class is pushed apart.
+    off (weight 0) for the first steps (tried so the reconstruction settles first; it came out worse than
+    having the term from the start, docs/default-model.md).
 
     `local`: the distance counts only the latent cells near where the two images differ (the shape, one cell
     around it), and the pair's difference everywhere else is pushed to 0 ((distance there / target)²). Over the
