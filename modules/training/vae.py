@@ -161,16 +161,16 @@ class ClassSeparation:
         centred = means - means.mean(dim=(0, 2, 3), keepdim=True)
         spread = centred.std().detach() * math.sqrt(means[0].numel())  # the norm of a typical latent
         difference = means[:pairs] - means[pairs:2 * pairs]
-        if not self.local:
-            ratio = difference.flatten(1).norm(dim=1) / spread
-            return self.weight * torch.relu(math.log(self.target) - torch.log(ratio + 1e-8)).pow(2).mean()
-        if images is None:
-            raise ValueError("the local separation term needs the pairs' images")
-        inside = differing_cells(images[:pairs], images[pairs:2 * pairs], means.shape[-1])
-        ratio = (difference * inside).flatten(1).norm(dim=1) / spread
-        outside = (difference * (1.0 - inside)).flatten(1).norm(dim=1) / spread
+        kept_equal = means.new_zeros(())
+        if self.local:
+            if images is None:
+                raise ValueError("the local separation term needs the pairs' images")
+            inside = differing_cells(images[:pairs], images[pairs:2 * pairs], means.shape[-1])
+            kept_equal = ((difference * (1.0 - inside)).flatten(1).norm(dim=1) / spread / self.target).pow(2)
+            difference = difference * inside
+        ratio = difference.flatten(1).norm(dim=1) / spread
         apart = torch.relu(math.log(self.target) - torch.log(ratio + 1e-8)).pow(2)
-        return self.weight * (apart + (outside / self.target).pow(2)).mean()
+        return self.weight * (apart + kept_equal).mean()
 
 
 def differing_cells(first: Tensor, second: Tensor, latent_size: int) -> Tensor:
