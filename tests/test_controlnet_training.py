@@ -17,6 +17,7 @@ from benchmarks.shapes_controlnet import (
 from modules.models.detect import detect_component_kind
 from modules.models.loader import load_checkpoint_file, read_checkpoint
 from modules.models.tokenizer import load_clip_tokenizer
+from modules.shapes.scorer import LARGE_RADIUS
 from modules.shapes.world import ShapeScene, cell_of, is_held_out, render
 from modules.training.controlnet import HINT_CHANNELS, ControlBatch, FrozenModel, build_controlnet, controlnet_loss
 from modules.training.controlnet_data import (
@@ -31,7 +32,7 @@ TINY = dataclasses.replace(Recipe(), scenes=6, steps=2, batch=2)
 
 @pytest.fixture(scope="module")
 def base():
-    return load_checkpoint_file("models/Stable-diffusion/shapes-v1.safetensors")
+    return load_checkpoint_file("models/Stable-diffusion/shapes-v2.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_free_shapes_are_labelled_with_their_cell_and_size_and_never_held_out():
         column, row = cell_of(shape.position)
         assert column == min(int(3 * shape.x), 2) and row == min(int(3 * shape.y), 2)
         assert RADIUS_RANGE[0] <= shape.radius <= RADIUS_RANGE[1]
-        assert shape.size == ("large" if shape.radius > 0.17 else "small")
+        assert shape.size == ("large" if shape.radius > LARGE_RADIUS else "small")
         assert shape.radius < shape.x < 1 - shape.radius and shape.radius < shape.y < 1 - shape.radius
     scenes = [sample_control_scene(rng) for _ in range(500)]
     assert not any(is_held_out(scene) for scene in scenes)

@@ -8,8 +8,11 @@ from PIL import Image
 from modules.shapes.captions import caption, eval_prompts, further_eval_prompts, held_out_scenes, parse_prompt
 from modules.shapes.scorer import read_image, score
 from modules.shapes.world import (
-    COLOURS, PALETTE, POSITIONS, SHAPES, ShapeScene, is_held_out, make_shape, render, sample_scene,
+    CELL_CENTRES, COLOURS, JITTER, PALETTE, POSITIONS, RADIUS_RANGE, SHAPES, Shape, ShapeScene, cell_of,
+    is_held_out, make_shape, render, sample_scene, shape_polygon,
 )
+
+LATENT_CELL = 1 / 8  # one cell of an 8× VAE's latent, as a fraction of the side
 
 
 def scenes(seed: int, count: int) -> list[ShapeScene]:
@@ -21,6 +24,30 @@ def test_world_covers_required_vocabulary():
     assert {"circle", "square", "triangle"} <= set(SHAPES)
     assert {"red", "green", "blue", "yellow", "white", "black", "orange", "purple"} <= set(COLOURS)
     assert {"left", "right", "top", "bottom", "center"} <= set(POSITIONS)
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_no_shape_reaches_the_border_even_at_its_largest_and_most_shifted(size):
+    radius, jitter = RADIUS_RANGE[size][1], JITTER[size]
+    for kind in SHAPES:
+        for position in POSITIONS:
+            column, row = cell_of(position)
+            for dx in (-jitter, jitter):
+                for dy in (-jitter, jitter):
+                    shape = Shape(kind, "red", size, position, CELL_CENTRES[size][column] + dx,
+                                  CELL_CENTRES[size][row] + dy, radius)
+                    if kind == "circle":
+                        reach = [(shape.x - radius, shape.y - radius), (shape.x + radius, shape.y + radius)]
+                    else:
+                        reach = shape_polygon(shape, 1.0)
+                    assert all(0 < x < 1 and 0 < y < 1 for x, y in reach), shape
+
+
+def test_small_shapes_span_more_than_two_latent_cells_and_stay_clearly_smaller_than_large_ones():
+    # At two cells an 8× VAE cannot keep a small circle's and a small square's corners apart (docs).
+    smallest, largest_small = RADIUS_RANGE["small"]
+    assert 2 * smallest >= 2.4 * LATENT_CELL
+    assert RADIUS_RANGE["large"][0] - largest_small >= 0.03
 
 
 def test_sampling_and_rendering_are_deterministic():

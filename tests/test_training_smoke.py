@@ -98,7 +98,7 @@ def test_denoiser_stage_cache_is_kept_and_reused(tmp_path):
     first_lines, second_lines = [], []
     first = train(TINY, tmp_path / "first.safetensors", log=first_lines.append, denoiser_file=cache)
     assert cache.is_file() and any("denoiser stages saved" in line for line in first_lines)
-    assert torch.load(cache, weights_only=True)["stages"] == TINY.denoiser_stages == 3
+    assert torch.load(cache, weights_only=True)["stages"] == TINY.denoiser_stages == 4
     second = train(TINY, tmp_path / "second.safetensors", log=second_lines.append, denoiser_file=cache)
     assert any("read from" in line for line in second_lines)
     assert not any("denoiser trained" in line for line in second_lines)
@@ -118,10 +118,11 @@ def test_a_denoiser_cache_from_an_earlier_recipe_gets_only_the_stages_it_lacks(t
     complete = torch.load(cache, weights_only=True)
     added = LaterStage("added", steps=2, seed_offset=9, warmup=1, high_noise_share=0.25, high_noise_from=700)
     longer = dataclasses.replace(TINY, later_stages=(*TINY.later_stages, added))
-    for recipe, held, expected in ((TINY, 2, ["high-noise focus"]), (longer, 3, ["added"]),
-                                   (longer, 2, ["high-noise focus", "added"])):
+    focus = ["high-noise focus", "high-noise focus, second"]
+    for recipe, held, expected in ((TINY, 2, focus), (TINY, 3, focus[1:]), (longer, 4, ["added"]),
+                                   (longer, 2, [*focus, "added"])):
         saved = {"unet": complete["unet"], "text_encoder": complete["text_encoder"]}
-        torch.save({**saved, "stages": held} if held == 3 else saved, cache)  # two-stage caches had no count
+        torch.save({**saved, "stages": held} if held != 2 else saved, cache)  # two-stage caches had no count
         capsys.readouterr()
         lines = []
         train(recipe, tmp_path / "again.safetensors", log=lines.append, denoiser_file=cache)
@@ -139,9 +140,9 @@ def test_a_denoiser_cache_with_more_stages_than_the_recipe_is_refused(tmp_path):
     cache = tmp_path / "denoiser.pt"
     train(TINY, tmp_path / "full.safetensors", log=lambda _: None, denoiser_file=cache)
     shorter = dataclasses.replace(TINY, later_stages=TINY.later_stages[:1])
-    with pytest.raises(ValueError, match="holds 3 denoiser stages; this recipe has 2"):
+    with pytest.raises(ValueError, match="holds 4 denoiser stages; this recipe has 2"):
         train(shorter, tmp_path / "other.safetensors", log=lambda _: None, denoiser_file=cache)
-    assert torch.load(cache, weights_only=True)["stages"] == 3  # left as it was
+    assert torch.load(cache, weights_only=True)["stages"] == 4  # left as it was
     assert not (tmp_path / "other.safetensors").exists()
 
 

@@ -9,7 +9,7 @@ from modules.shapes.captions import eval_prompts, parse_prompt
 from modules.shapes.world import POSITIONS, ShapeScene, make_shape
 from modules.training.word_probe import placed_prompt, probe_cases, swapped_prompts, word_preference
 
-CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v1.safetensors"
+CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v2.safetensors"
 
 
 def scene(kind: str = "circle", colour: str = "red", background: str = "blue") -> ShapeScene:

@@ -18,7 +18,7 @@ from PIL import Image
 from scipy import ndimage
 
 from modules.shapes.captions import PromptSpec
-from modules.shapes.world import COLOURS, PALETTE, position_of
+from modules.shapes.world import COLOURS, PALETTE, RADIUS_RANGE, position_of
 
 PALETTE_RGB = np.array([PALETTE[c] for c in COLOURS], dtype=np.float32)  # [8, 3]
 DIFFERENCE_THRESHOLD = 45.0  # and at least this RGB distance from the background: blends count as background
@@ -27,9 +27,8 @@ MIN_SHAPE_FRACTION = 0.004  # smaller regions are noise, not a shape
 TRIANGLE_TOP_SHARE_BELOW = 0.44  # triangle 0.25 (blurred ≤ 0.44), circle and square 0.5
 SQUARE_CORNER_REACH_ABOVE = 0.17  # (diagonal/axis extent − 1) + 0.5·(fill − π/4): square 0.41, circle ~0.03
 # Area = k·r² (circle and square πr², triangle 1.3·(1.2r)² ≈ 1.87r²);
-# r lies between small (≤ 0.14) and large (≥ 0.20).
 AREA_PER_SQUARED_RADIUS = {"circle": np.pi, "square": np.pi, "triangle": 1.87}
-LARGE_RADIUS = 0.17
+LARGE_RADIUS = (RADIUS_RANGE["small"][1] + RADIUS_RANGE["large"][0]) / 2  # midway between the sizes' radii
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,13 @@ POSITIONS: tuple[str, ...] = (
 
 # Radius ranges (fraction of the side) and cell centres per size; large shapes sit nearer the middle so that
 # no shape is clipped and every centroid stays inside its third of the image.
-# Shapes span at least two latent cells (8 px) at 64 px, so the VAE and the denoiser can tell them apart.
-RADIUS_RANGE = {"small": (0.12, 0.14), "large": (0.20, 0.23)}
-CELL_CENTRES = {"small": (0.2, 0.5, 0.8), "large": (0.3, 0.5, 0.7)}
-JITTER = {"small": 0.02, "large": 0.015}
+# A small shape spans about 2.6 latent cells (21 px at 64 px): at radius 0.12–0.14 (2 cells) an 8× VAE could not
+# keep a small circle's and a small square's corners apart (docs/default-model.md, "Where the small shapes'
+# class is lost"), which capped prompt adherence whatever the UNet learned. Large shapes cannot grow: a large
+# triangle in the top row already reaches within a pixel of the border.
+RADIUS_RANGE = {"small": (0.155, 0.175), "large": (0.205, 0.23)}
+CELL_CENTRES = {"small": (0.24, 0.5, 0.76), "large": (0.3, 0.5, 0.7)}
+JITTER = {"small": 0.015, "large": 0.015}
 TRIANGLE_CIRCUMRADIUS = 1.2  # × radius: keeps a triangle's area close to the circle's
 SQUARE_HALF_SIDE = 0.886  # × radius: a square of the same area as the circle (s² = πr²)
 TWO_SHAPE_FRACTION = 0.2

@@ -29,6 +29,7 @@ from torch import Tensor
 from transformers import CLIPTokenizer
 
 from modules.shapes.captions import caption
+from modules.shapes.scorer import LARGE_RADIUS  # above: captioned "large"
 from modules.shapes.world import (
     COLOURS, SHAPES, TRIANGLE_CIRCUMRADIUS, Shape, ShapeScene, is_held_out, position_of, render, sample_scene,
 )
@@ -37,7 +38,6 @@ from modules.training.dataset import CLIP_LENGTH, ShapesDataset, tokenize
 CANNY_THRESHOLDS = (100, 200)  # the A1111 extension's canny defaults (low, high)
 HIRES_RESOLUTION = 256  # control image and processor resolution of the "hires" maps
 RADIUS_RANGE = (0.10, 0.24)  # fraction of the side; the world's small and large shapes lie inside it
-LARGE_RADIUS = 0.17  # above: captioned "large" (the scorer's boundary)
 EDGE_MARGIN = 0.03  # keep every shape this far (fraction of the side) from the border
 WORLD_SCENE_SHARE = 0.2  # scenes drawn by the world's own sampler (grid cells, two-shape scenes)
 BINARY_LEVEL = 16  # a soft hires edge pixel at or above this grey counts as edge in the binary form
