@@ -7,6 +7,7 @@ from modules.models.loader import load_checkpoint_file
 from modules.paths import PROJECT_ROOT
 from modules.shapes.captions import eval_prompts, parse_prompt
 from modules.shapes.world import POSITIONS, ShapeScene, make_shape
+from modules.training.place_map import place_map
 from modules.training.word_probe import placed_prompt, probe_cases, swapped_prompts, word_preference
 
 CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v2.safetensors"
@@ -65,3 +66,12 @@ def test_default_model_listens_to_colour_and_tells_triangles_apart(shapes_compon
     assert triangles and float(shape[150][triangles].mean()) >= 0.85
     # At nearly pure noise the latent says little, so the preference falls towards chance.
     assert float(shape[950].mean()) < float(shape[150].mean())
+
+
+def test_place_map_puts_each_place_word_of_the_default_model_in_its_cell(shapes_components):
+    readings = place_map(shapes_components, 950, draws=16)
+    assert [r.place for r in readings] == list(POSITIONS)
+    assert all(r.right for r in readings), [(r.place, r.cell) for r in readings]
+    # the map reads the prompt, not the place it was asked about: with no place words all nine are one reading
+    unplaced = place_map(shapes_components, 950, draws=16, prompt="a small red circle on a blue background")
+    assert len({(r.x, r.y) for r in unplaced}) == 1 and sum(r.right for r in unplaced) == 1
