@@ -18,7 +18,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from modules.models.loader import ModelComponents
-from modules.shapes.world import POSITIONS, cell_of, position_of
+from modules.shapes.world import POSITIONS, position_of
 from modules.training.dataset import tokenize
 from modules.training.word_probe import PLACE_PHRASES
 
@@ -38,7 +38,7 @@ class PlaceReading:
 
     @property
     def right(self) -> bool:
-        return cell_of(self.cell) == cell_of(self.place)
+        return self.cell == self.place
 
 
 @torch.no_grad()
