@@ -53,12 +53,15 @@ def place_map(model: ModelComponents, timestep: int, draws: int = 32, guidance: 
     noise = torch.randn(draws, 4, side, side, generator=torch.Generator().manual_seed(seed))
     noisy = (1 - alpha).sqrt() * noise  # x_t of the mean latent (0: the latents are standardised)
     t = torch.full((draws,), timestep)
-    unconditional = unet(noisy, t, text_encoder(tokenize(tokenizer, [""] * draws)).last_hidden_state).sample
+
+    def context(text: str) -> torch.Tensor:  # encoded once, the same for every draw
+        return text_encoder(tokenize(tokenizer, [text])).last_hidden_state.expand(draws, -1, -1)
+
+    unconditional = unet(noisy, t, context("")).sample
     centre = (torch.arange(side) + 0.5) / side
     readings = []
     for place in POSITIONS:
-        context = text_encoder(tokenize(tokenizer, [prompt.format(place=PLACE_PHRASES[place])] * draws))
-        conditional = unet(noisy, t, context.last_hidden_state).sample
+        conditional = unet(noisy, t, context(prompt.format(place=PLACE_PHRASES[place]))).sample
         epsilon = unconditional + guidance * (conditional - unconditional)
         estimate = ((noisy - (1 - alpha).sqrt() * epsilon) / alpha.sqrt()).mean(0)  # x̂₀ [4, h, w]
         background = estimate.flatten(1).median(dim=1).values.view(-1, 1, 1)
