@@ -1,6 +1,6 @@
 """Prompt adherence of the default shapes model on 64 held-out prompts, with the app's default sampler.
 
-    python benchmarks/shapes_adherence.py [--ckpt models/Stable-diffusion/shapes-v2.safetensors]
+    python benchmarks/shapes_adherence.py [--ckpt models/Stable-diffusion/shapes-v3.safetensors]
                                           [--grid docs/shapes-samples.png] [--further]
 
 Loads the checkpoint through the app's loader (`load_checkpoint_file`: read, detect the family, build) and generates
@@ -34,7 +34,7 @@ from modules.shapes.captions import eval_prompts, further_eval_prompts  # noqa: 
 from modules.shapes.scorer import read_image  # noqa: E402
 from modules.training.evaluate import adherence  # noqa: E402
 
-DEFAULT_CHECKPOINT = Path("models/Stable-diffusion/shapes-v2.safetensors")
+DEFAULT_CHECKPOINT = Path("models/Stable-diffusion/shapes-v3.safetensors")
 # Prompts without size or position: the seed alone decides where the shape goes and how big it is.
 OPEN_PROMPTS = ("a red circle on a blue background", "a white square on a black background",
                 "a yellow triangle on a purple background", "a green circle on an orange background")

@@ -1,6 +1,6 @@
 """Does a generated shape follow the outline of the control image? The canny ControlNet of the default model.
 
-    python benchmarks/shapes_controlnet.py [--controlnet models/ControlNet/shapes-canny-v2.safetensors]
+    python benchmarks/shapes_controlnet.py [--controlnet models/ControlNet/shapes-canny-v3.safetensors]
                                            [--count 32] [--grid docs/shapes-controlnet-samples.png]
 
 For each of `count` held-out (prompt, scene) pairs (`modules.shapes.captions.eval_prompts`: attribute tuples

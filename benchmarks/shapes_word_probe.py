@@ -1,6 +1,6 @@
 """How strongly the default shapes model listens to the shape, colour and place words, per noise level.
 
-    python benchmarks/shapes_word_probe.py [--ckpt models/Stable-diffusion/shapes-v2.safetensors] [--count 64]
+    python benchmarks/shapes_word_probe.py [--ckpt models/Stable-diffusion/shapes-v3.safetensors] [--count 64]
 
 For each held-out evaluation scene (the same 64 as `shapes_adherence.py`), the UNet predicts the noise of the
 scene's noised latent under its true prompt and under the prompt with the shape (or colour, or place) words
@@ -28,7 +28,7 @@ from modules.training.word_probe import (  # noqa: E402
     ATTRIBUTES, DEFAULT_TIMESTEPS, ProbeCase, probe_cases, word_preference,
 )
 
-DEFAULT_CHECKPOINT = Path("models/Stable-diffusion/shapes-v2.safetensors")
+DEFAULT_CHECKPOINT = Path("models/Stable-diffusion/shapes-v3.safetensors")
 PLACE_MAP_TIMESTEPS = (950, 800, 600)
 
 

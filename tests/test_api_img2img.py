@@ -381,7 +381,7 @@ def test_default_model_inpaint_leaves_pixels_outside_the_mask_unchanged(tmp_path
             body = img2img(client, image, mask=png_b64(box_mask(image.size, box)), mask_blur=2, inpainting_fill=1,
                            inpaint_full_res=False, denoising_strength=0.9,
                            prompt="a yellow circle on a blue background", steps=20, sampler_name="DPM++ 2M", seed=3,
-                           override_settings={"sd_model_checkpoint": "shapes-v2"})
+                           override_settings={"sd_model_checkpoint": "shapes-v3"})
             result = decode(body["images"][0])
     finally:
         handle.stop()

@@ -32,7 +32,7 @@ TINY = dataclasses.replace(Recipe(), scenes=6, steps=2, batch=2)
 
 @pytest.fixture(scope="module")
 def base():
-    return load_checkpoint_file("models/Stable-diffusion/shapes-v2.safetensors")
+    return load_checkpoint_file("models/Stable-diffusion/shapes-v3.safetensors")
 
 
 @pytest.fixture(scope="module")

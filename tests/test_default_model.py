@@ -17,7 +17,7 @@ from modules.shapes.scorer import read_image
 from modules.training.evaluate import AdherenceReport, adherence
 from tests.fixtures.shapes_checkpoint import check_shapes_checkpoint
 
-CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v2.safetensors"
+CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v3.safetensors"
 MAX_FILE_BYTES = 30 * 1024 * 1024
 
 
@@ -47,7 +47,7 @@ def test_checkpoint_is_a_small_fp16_sd1_file_with_its_native_size():
 
 def test_the_app_finds_it_in_the_default_models_folder():
     checkpoints = scan_checkpoints(Paths.from_args(None).ckpt_dirs)
-    assert "shapes-v2.safetensors" in [entry.name for entry in checkpoints]
+    assert "shapes-v3.safetensors" in [entry.name for entry in checkpoints]
 
 
 def test_default_request_paints_the_prompted_colours(held_out_report):
@@ -57,12 +57,12 @@ def test_default_request_paints_the_prompted_colours(held_out_report):
 
 
 def test_default_request_follows_held_out_prompts(held_out_report):
-    """Issue 3's default-run test: colour + background + shape on 16 held-out prompts (measured 15 of 16)."""
+    """Issue 3's default-run test: colour + background + shape on 16 held-out prompts (measured 16 of 16)."""
     assert held_out_report.core >= 0.9
 
 
 def test_default_request_puts_the_shape_where_the_prompt_says(held_out_report):
-    """The 3×3 cell of the place words (chance is 1/9; measured 97 % on the benchmark's 64 prompts)."""
+    """The 3×3 cell of the place words (chance is 1/9; measured 16 of 16, and 100 % of the 64)."""
     assert held_out_report.position >= 0.75
 
 

@@ -22,7 +22,7 @@ from tests.fixtures.observers import CountingObserver
 from tests.fixtures.tiny_models import tiny_sd15_components, tiny_sdxl_components, write_tiny_sd15_single_file
 
 SMALL = dict(width=64, height=64, steps=4, cfg_scale=5.0, seed=42, save_images=False)
-SHAPES_CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v2.safetensors"
+SHAPES_CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v3.safetensors"
 
 
 def tiny(components, name: str) -> EngineModel:

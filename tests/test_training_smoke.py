@@ -10,7 +10,7 @@ from modules.models.architecture import family_config
 from modules.models.loader import load_components, read_checkpoint
 from modules.models.tokenizer import load_clip_tokenizer
 from modules.training.dataset import build_dataset, caption_batch
-from modules.training.denoiser import TimestepFocus, add_noise, weighted_error
+from modules.training.denoiser import TimestepFocus, add_noise, epsilon_from_output, weighted_error
 from modules.training.optimise import ExponentialMovingAverage
 from modules.training.evaluate import build_pipeline, generate
 from modules.training.decoder_samples import SamplingOptions, sample_latents
@@ -25,7 +25,11 @@ TINY = dataclasses.replace(
     Recipe(), scenes=48, vae_channels=(32, 32, 32, 32), vae_steps=2, vae_batch=4, decoder_steps=2, text_hidden=32,
     text_layers=1, text_warmup_steps=2, text_warmup_batch=8, unet_channels=(32, 64), unet_steps=3, unet_batch=4,
     sampled_latents=6, sampling_first_step=(15, 18), sample_fit_steps=2, sample_fit_per_batch=2,
-    later_stages=tuple(dataclasses.replace(stage, steps=2, warmup=1) for stage in Recipe().later_stages),
+    later_stages=(  # shapes-v2's stage layout, to exercise the later-stage machinery and its caches
+        LaterStage("continued", steps=2, seed_offset=123, warmup=1),
+        LaterStage("high-noise focus", steps=2, seed_offset=321, warmup=1, high_noise_share=0.5),
+        LaterStage("high-noise focus, second", steps=2, seed_offset=654, warmup=1, high_noise_share=0.5),
+    ),
 )
 
 
@@ -93,13 +97,15 @@ def test_training_writes_a_checkpoint_the_app_loader_reads(tmp_path, capsys):
     assert image.size == (64, 64)
 
 
-def test_denoiser_stage_cache_is_kept_and_reused(tmp_path):
+@pytest.mark.parametrize("stages", [4, 1])  # shapes-v2's layout; the shipped recipe's single stage
+def test_denoiser_stage_cache_is_kept_and_reused(tmp_path, stages):
+    recipe = TINY if stages == 4 else dataclasses.replace(TINY, later_stages=())
     cache = tmp_path / "denoiser.pt"
     first_lines, second_lines = [], []
-    first = train(TINY, tmp_path / "first.safetensors", log=first_lines.append, denoiser_file=cache)
+    first = train(recipe, tmp_path / "first.safetensors", log=first_lines.append, denoiser_file=cache)
     assert cache.is_file() and any("denoiser stages saved" in line for line in first_lines)
-    assert torch.load(cache, weights_only=True)["stages"] == TINY.denoiser_stages == 4
-    second = train(TINY, tmp_path / "second.safetensors", log=second_lines.append, denoiser_file=cache)
+    assert torch.load(cache, weights_only=True)["stages"] == recipe.denoiser_stages == stages
+    second = train(recipe, tmp_path / "second.safetensors", log=second_lines.append, denoiser_file=cache)
     assert any("read from" in line for line in second_lines)
     assert not any("denoiser trained" in line for line in second_lines)
     # the run from the cache writes the file the run that made it wrote: the decoder stages sample with the
@@ -185,6 +191,36 @@ def test_v_prediction_targets_velocity_with_the_same_weight_on_the_x0_error_as_e
     assert torch.allclose(losses["v_prediction"], expected, rtol=1e-3)
 
 
+def test_the_snr_floor_lifts_only_the_high_noise_weights_and_draws_the_same_batch():
+    """The x₀ error weighs max(min(SNR, γ), floor): at t ≈ 999 (SNR ≈ 0.005) the floor sets the weight, at low
+    noise min(SNR, γ) still does; the noise, timesteps and targets are the ones drawn without a floor."""
+    config = family_config("sd15", "scheduler/scheduler_config.json")
+    latents = torch.randn(256, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    for prediction_type, per_x0 in (("epsilon", lambda snr: snr), ("v_prediction", lambda snr: snr + 1)):
+        schedule = DDPMScheduler.from_config({**config, "prediction_type": prediction_type})
+        plain = add_noise(schedule, latents, torch.Generator().manual_seed(5), 5.0)
+        floored = add_noise(schedule, latents, torch.Generator().manual_seed(5), 5.0, snr_floor=0.2)
+        assert torch.equal(plain.timesteps, floored.timesteps) and torch.equal(plain.target, floored.target)
+        alpha = schedule.alphas_cumprod[plain.timesteps]
+        snr = alpha / (1 - alpha)
+        assert torch.allclose(plain.weight * per_x0(snr), snr.clamp(max=5.0), rtol=1e-4)
+        assert torch.allclose(floored.weight * per_x0(snr), snr.clamp(max=5.0).clamp(min=0.2), rtol=1e-4)
+        high, low = snr < 0.2, snr >= 0.2
+        assert high.sum() > 50 and low.sum() > 50  # about 40 % of t have SNR < 0.2
+        assert (floored.weight[high] > plain.weight[high]).all()
+        assert torch.equal(floored.weight[low], plain.weight[low])
+
+
+def test_epsilon_from_output_reads_a_v_prediction_as_the_noise_it_implies():
+    config = family_config("sd15", "scheduler/scheduler_config.json")
+    latents = torch.randn(32, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    for prediction_type in ("epsilon", "v_prediction"):
+        schedule = DDPMScheduler.from_config({**config, "prediction_type": prediction_type})
+        noised = add_noise(schedule, latents, torch.Generator().manual_seed(4), 5.0)
+        recovered = epsilon_from_output(schedule, noised.target, noised.noisy, noised.timesteps)
+        assert torch.allclose(recovered, noised.noise, atol=1e-4)
+
+
 def test_cli_flags_reach_the_recipe(tmp_path, monkeypatch):
     seen = {}
 
@@ -257,7 +293,8 @@ def test_refit_decoder_runs_only_the_last_stage_on_a_checkpoint(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
 
 
-def test_continue_denoiser_trains_only_the_unet_and_text_encoder_of_a_checkpoint(tmp_path):
+def test_continue_denoiser_trains_only_the_unet_and_text_encoder_of_a_checkpoint(tmp_path, monkeypatch,
+                                                                                   capsys):
     base = train(TINY, tmp_path / "base.safetensors", log=lambda _: None)
     out = continue_from(TINY, base, tmp_path / "continued.safetensors", log=lambda _: None)
     check_shapes_checkpoint(out)
@@ -269,3 +306,12 @@ def test_continue_denoiser_trains_only_the_unet_and_text_encoder_of_a_checkpoint
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix))
     first_later_stage = json.loads(metadata["training_recipe"])["later_stages"][0]
     assert first_later_stage["label"] == "continued" and first_later_stage["steps"] == 2
+    # a recipe without later stages (the shipped one) continues with `CONTINUED` (here 2 steps of it)
+    monkeypatch.setattr("modules.training.train_default_model.CONTINUED",
+                        LaterStage("continued, default", steps=2, seed_offset=123, warmup=1))
+    capsys.readouterr()
+    plain = continue_from(dataclasses.replace(TINY, later_stages=()), base, tmp_path / "plain.safetensors",
+                          log=lambda _: None)
+    assert "UNet + text encoder, continued, default:" in capsys.readouterr().out
+    resumed, _ = read_checkpoint(plain)
+    assert any(not torch.equal(before[k], resumed[k]) for k in before if k.startswith("model.diffusion_model."))

@@ -29,7 +29,7 @@ from modules.ui.results import GalleryInfo
 from modules.ui.send_to import gallery_selection
 from tests.fixtures.tiny_models import write_tiny_sd15_single_file
 
-DEFAULT_MODEL = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v2.safetensors"
+DEFAULT_MODEL = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v3.safetensors"
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,7 @@ def test_train_vae_with_twins_trains_on_pairs():
 
 def test_the_shipped_recipe_is_stored_without_the_separation_fields():
     """The shipped file's metadata predates the term: with it off, the command still writes that metadata."""
-    with safe_open("models/Stable-diffusion/shapes-v2.safetensors", "pt") as file:
+    with safe_open("models/Stable-diffusion/shapes-v3.safetensors", "pt") as file:
         shipped = json.loads(file.metadata()["training_recipe"])
     assert json.loads(json.dumps(recipe_fields(Recipe()))) == shipped
     on = recipe_fields(dataclasses.replace(Recipe(), vae_separation_weight=0.02))

@@ -10,7 +10,7 @@ from modules.shapes.world import POSITIONS, ShapeScene, make_shape
 from modules.training.place_map import place_map
 from modules.training.word_probe import placed_prompt, probe_cases, swapped_prompts, word_preference
 
-CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v2.safetensors"
+CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v3.safetensors"
 
 
 def scene(kind: str = "circle", colour: str = "red", background: str = "blue") -> ShapeScene:

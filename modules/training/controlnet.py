@@ -96,8 +96,8 @@ def controlnet_loss(controlnet: ControlNetModel, frozen: FrozenModel, batch: Con
 
 def guided_controlnet_loss(controlnet: ControlNetModel, frozen: FrozenModel, batch: ControlBatch,
                            generator: torch.Generator, snr_gamma: float, max_guidance: float) -> Tensor:
-    """min-SNR-γ weighted ε-MSE of the classifier-free-guided prediction, the one sampling uses:
-    ε̂ = ε̂(∅) + s·(ε̂(c) − ε̂(∅)), s ~ U[1, max_guidance], the ControlNet in both branches (Balanced mode).
+    """min-SNR-γ weighted ε- (or v-) MSE of the classifier-free-guided prediction, the one sampling uses:
+    ε̂ = ε̂(∅) + s·(ε̂(c) − ε̂(∅)) (v̂ alike), s ~ U[1, max_guidance], the ControlNet in both branches (Balanced mode).
 
     With the plain loss the guided prediction is never trained: at CFG 7 it overshot into textured
     backgrounds and lost the outline (mean IoU 0.69 at CFG 7 against 0.83 at CFG 3). Here the unconditional

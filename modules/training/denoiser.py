@@ -1,10 +1,11 @@
-"""Text encoder + UNet of the default model and their joint training (ε-prediction on SD's DDPM schedule).
+"""Text encoder + UNet of the default model and their joint training (ε- or v-prediction on SD's DDPM schedule).
 
 Both are standard SD1 classes built from the SD1 family configs with small widths, so the app's loader reads
 their sizes back from the weights. They train together on precomputed VAE latents: the text encoder has to
-learn what the colour, shape and position words mean. Loss = min-SNR-γ weighted ε-MSE (Hang et al. 2023,
-"Efficient Diffusion Training via Min-SNR Weighting Strategy"), which converges markedly faster than plain
-ε-MSE. An exponential moving average of both models is what gets shipped.
+learn what the colour, shape and position words mean. Loss = min-SNR-γ weighted MSE of the ε or v prediction
+(Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"), which converges markedly
+faster than plain ε-MSE, with a floor on the weight of high noise levels (`add_noise`). An exponential moving
+average of both models is what gets shipped.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class NoisedBatch:
     timesteps: Tensor
     noisy: Tensor  # x_t = √ᾱ·x₀ + √(1 − ᾱ)·ε
     target: Tensor  # what the UNet predicts: ε, or v = √ᾱ·ε − √(1 − ᾱ)·x₀ for a v-prediction schedule
-    weight: Tensor  # min-SNR-γ: min(SNR, γ) / SNR for ε, min(SNR, γ) / (SNR + 1) for v; SNR = ᾱ / (1 − ᾱ)
+    weight: Tensor  # min-SNR-γ: λ / SNR for ε, λ / (SNR + 1) for v, λ = max(min(SNR, γ), floor); SNR = ᾱ / (1 − ᾱ)
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,13 @@ class TimestepFocus:
 
 
 def add_noise(schedule: DDPMScheduler, latents: Tensor, generator: torch.Generator, snr_gamma: float,
-              focus: TimestepFocus | None = None) -> NoisedBatch:
+              focus: TimestepFocus | None = None, snr_floor: float = 0.0) -> NoisedBatch:
     """Noise each latent at a random DDPM timestep (uniform, or per `focus`); returns x_t, ε, t, the target of
-    the schedule's `prediction_type` and the loss weight. Both targets get the same weight on the x₀ error
-    (min(SNR, γ)), so only the UNet's output parametrisation differs. Without `focus` it draws exactly the
-    random numbers it always drew (stage caches stay valid)."""
+    the schedule's `prediction_type` and the loss weight. Both targets get the same weight on the x₀ error,
+    λ = max(min(SNR, γ), `snr_floor`), so only the UNet's output parametrisation differs. Plain min-SNR-γ
+    (floor 0) weighs the x₀ error at t ≈ 950 by SNR ≈ 0.005: the layout, which only the prompt can tell at
+    that noise level (the place words), is then nearly absent from the loss. Without `focus` it draws exactly
+    the random numbers it always drew (stage caches stay valid)."""
     device = latents.device
     noise = torch.randn(latents.shape, generator=generator).to(device)
     total = schedule.config.num_train_timesteps
@@ -91,11 +94,21 @@ def add_noise(schedule: DDPMScheduler, latents: Tensor, generator: torch.Generat
     timesteps = timesteps.to(device)
     snr = alphas_cumprod / (1.0 - alphas_cumprod)
     noisy = schedule.add_noise(latents, noise, timesteps)
+    x0_weight = torch.clamp(torch.clamp(snr, max=snr_gamma), min=snr_floor)
     if schedule.config.prediction_type == "v_prediction":
-        target, weight = schedule.get_velocity(latents, noise, timesteps), torch.clamp(snr, max=snr_gamma) / (snr + 1)
+        target, weight = schedule.get_velocity(latents, noise, timesteps), x0_weight / (snr + 1)
     else:
-        target, weight = noise, torch.clamp(snr, max=snr_gamma) / snr
+        target, weight = noise, x0_weight / snr
     return NoisedBatch(noise, timesteps, noisy, target, weight)
+
+
+def epsilon_from_output(schedule: DDPMScheduler, output: Tensor, noisy: Tensor, timesteps: Tensor) -> Tensor:
+    """The noise estimate ε̂ a UNet output stands for under the schedule's `prediction_type`
+    (v: ε = √ᾱ·v + √(1 − ᾱ)·x_t)."""
+    if schedule.config.prediction_type != "v_prediction":
+        return output
+    alphas_cumprod = schedule.alphas_cumprod.to(noisy.device)[timesteps].view(-1, 1, 1, 1)
+    return alphas_cumprod.sqrt() * output + (1 - alphas_cumprod).sqrt() * noisy
 
 
 def weighted_error(noised: NoisedBatch, predicted: Tensor) -> Tensor:
@@ -105,9 +118,9 @@ def weighted_error(noised: NoisedBatch, predicted: Tensor) -> Tensor:
 
 def denoising_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, noise_schedule: DDPMScheduler,
                    batch: DenoiserBatch, generator: torch.Generator, snr_gamma: float,
-                   focus: TimestepFocus | None = None) -> Tensor:
-    """min-SNR-γ weighted ε- (or v-) prediction loss of UNet(x_t, t, text)."""
-    noised = add_noise(noise_schedule, batch.latents, generator, snr_gamma, focus)
+                   focus: TimestepFocus | None = None, snr_floor: float = 0.0) -> Tensor:
+    """min-SNR-γ weighted ε- (or v-) prediction loss of UNet(x_t, t, text), x₀ weight floored (`add_noise`)."""
+    noised = add_noise(noise_schedule, batch.latents, generator, snr_gamma, focus, snr_floor)
     context = text_encoder(batch.token_ids).last_hidden_state
     return weighted_error(noised, unet(noised.noisy, noised.timesteps, context).sample)
 
@@ -123,6 +136,7 @@ class DenoiserTraining:
     seed: int
     warmup: int | None = None  # learning-rate warm-up steps; None = min(200, steps / 10 + 1)
     focus: TimestepFocus | None = None  # None = uniform timesteps
+    snr_floor: float = 0.0  # least weight of the x₀ error at any noise level (`add_noise`)
 
 
 def train_denoiser(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, noise_schedule: DDPMScheduler,
@@ -141,7 +155,7 @@ def train_denoiser(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, nois
         batch = DenoiserBatch(clean.contiguous(memory_format=torch.channels_last),
                               caption_batch(dataset, indices, generator, options.caption_dropout).to(device))
         return denoising_loss(unet, text_encoder, noise_schedule, batch, generator, options.snr_gamma,
-                              options.focus)
+                              options.focus, options.snr_floor)
 
     warmup = options.warmup if options.warmup is not None else min(200, options.steps // 10 + 1)
     schedule = Optimisation(options.steps, options.learning_rate, warmup=warmup,

@@ -12,13 +12,14 @@ from torch import nn
 from modules.models.ldm_export import save_single_file, to_ldm_state_dict
 
 
-def model_metadata(*, native_size: int, recipe: dict[str, Any], title: str, description: str) -> dict[str, str]:
+def model_metadata(*, native_size: int, recipe: dict[str, Any], title: str, description: str,
+                   prediction_type: str = "epsilon") -> dict[str, str]:
     """modelspec keys (architecture, prediction type, resolution) + our native size and the training recipe."""
     return {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": "stable-diffusion-v1",
         "modelspec.implementation": "diffusers",
-        "modelspec.prediction_type": "epsilon",
+        "modelspec.prediction_type": prediction_type,
         "modelspec.resolution": f"{native_size}x{native_size}",
         "modelspec.title": title,
         "modelspec.description": description,

@@ -20,6 +20,7 @@ from diffusers import DDPMScheduler
 from modules.models.loader import ModelComponents
 from modules.shapes.world import POSITIONS, position_of
 from modules.training.dataset import tokenize
+from modules.training.denoiser import epsilon_from_output
 from modules.training.word_probe import PLACE_PHRASES
 
 PLACE_PROMPT = "a small red circle {place} on a blue background"
@@ -57,11 +58,14 @@ def place_map(model: ModelComponents, timestep: int, draws: int = 32, guidance: 
     def context(text: str) -> torch.Tensor:  # encoded once, the same for every draw
         return text_encoder(tokenize(tokenizer, [text])).last_hidden_state.expand(draws, -1, -1)
 
-    unconditional = unet(noisy, t, context("")).sample
+    def predicted_noise(text: str) -> torch.Tensor:
+        return epsilon_from_output(schedule, unet(noisy, t, context(text)).sample, noisy, t)
+
+    unconditional = predicted_noise("")
     centre = (torch.arange(side) + 0.5) / side
     readings = []
     for place in POSITIONS:
-        conditional = unet(noisy, t, context(prompt.format(place=PLACE_PHRASES[place]))).sample
+        conditional = predicted_noise(prompt.format(place=PLACE_PHRASES[place]))
         epsilon = unconditional + guidance * (conditional - unconditional)
         estimate = ((noisy - (1 - alpha).sqrt() * epsilon) / alpha.sqrt()).mean(0)  # x̂₀ [4, h, w]
         background = estimate.flatten(1).median(dim=1).values.view(-1, 1, 1)

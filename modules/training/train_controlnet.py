@@ -1,8 +1,8 @@
 """Train the canny ControlNet of the default model and write it as an A1111/lllyasviel single file.
 
-    python -m modules.training.train_controlnet --out models/ControlNet/shapes-canny-v2.safetensors
+    python -m modules.training.train_controlnet --out models/ControlNet/shapes-canny-v3.safetensors
 
-Stages (fixed seeds throughout): load shapes-v2 through the app's loader → render the scenes (shapes anywhere)
+Stages (fixed seeds throughout): load shapes-v3 through the app's loader → render the scenes (shapes anywhere)
 with captions and canny maps → encode every image once with the model's own VAE → train the ControlNet
 (UNet, VAE and text encoder frozen; EMA of its weights) → export fp16 with ``control_model.*`` keys. Score it
 with ``python benchmarks/shapes_controlnet.py``. A GPU is used when present (``--device auto``).
@@ -30,8 +30,8 @@ from modules.training.controlnet_export import controlnet_metadata, export_contr
 from modules.training.train_default_model import progress, resolve_device
 from modules.training.vae import posterior_moments
 
-BASE_CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v2.safetensors"
-DEFAULT_OUT = PROJECT_ROOT / "models" / "ControlNet" / "shapes-canny-v2.safetensors"
+BASE_CHECKPOINT = PROJECT_ROOT / "models" / "Stable-diffusion" / "shapes-v3.safetensors"
+DEFAULT_OUT = PROJECT_ROOT / "models" / "ControlNet" / "shapes-canny-v3.safetensors"
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def train(recipe: Recipe, out: Path, device: torch.device = torch.device("cpu"),
 def save(out: Path, controlnet: ControlNetModel, recipe: Recipe, native_size: int) -> Path:
     metadata = controlnet_metadata(
         controlnet, preprocessor="canny", native_size=native_size, title=out.stem,
-        description="Canny-edge ControlNet for the default shapes-v2 model, trained in-repo on the shapes world: "
+        description="Canny-edge ControlNet for the default shapes-v3 model, trained in-repo on the shapes world: "
                     "the generated shape follows the outline of the control image.",
         recipe={**dataclasses.asdict(recipe), "base_model": BASE_CHECKPOINT.name})
     return export_controlnet(out, controlnet, metadata)

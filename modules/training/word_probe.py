@@ -1,9 +1,10 @@
 """How strongly a shapes model's denoiser listens to one word of the prompt (a "diffusion classifier" probe).
 
-For a rendered scene, noise its latent to timestep t and ask the UNet for ε twice with the same noise: once under
-the scene's true prompt, once with one attribute word swapped ("red circle" → "red square"). A model that uses
-the word predicts the noise better under the true prompt. The share of (scene, alternative, noise) comparisons
-the true prompt wins, per timestep, is the probe's reading: 0.5 = the word is ignored, 1.0 = always decisive.
+For a rendered scene, noise its latent to timestep t and ask the UNet for ε twice with the same noise (a
+v-prediction UNet's output converted to ε): once under the scene's true prompt, once with one attribute word
+swapped ("red circle" → "red square"). A model that uses the word predicts the noise better under the true
+prompt. The share of (scene, alternative, noise) comparisons the true prompt wins, per timestep, is the probe's
+reading: 0.5 = the word is ignored, 1.0 = always decisive.
 For the place, every case is the plain prompt "a {size} {colour} {shape} {place} on a {colour} background" and the
 alternatives name each of the other eight places.
 
@@ -25,6 +26,7 @@ from modules.models.loader import ModelComponents
 from modules.shapes.captions import EvalPrompt, with_article
 from modules.shapes.world import COLOURS, POSITIONS, SHAPES, ShapeScene, render
 from modules.training.dataset import tokenize, to_model_range
+from modules.training.denoiser import epsilon_from_output
 
 ATTRIBUTES = ("shape", "colour", "position")
 PLACE_PHRASES = {
@@ -98,11 +100,13 @@ def word_preference(model: ModelComponents, cases: Sequence[ProbeCase], timestep
             noise = torch.randn(latents.shape, generator=generator)
             t = torch.full((len(cases),), timestep)
             noisy = noise_schedule.add_noise(latents, noise, t)
-            true_error = (unet(noisy, t, true_context).sample - noise).pow(2).mean(dim=(1, 2, 3))
+            true_noise = epsilon_from_output(noise_schedule, unet(noisy, t, true_context).sample, noisy, t)
+            true_error = (true_noise - noise).pow(2).mean(dim=(1, 2, 3))
             repeated = noisy.repeat_interleave(per_alternative, 0)
             t_repeated = t.repeat_interleave(per_alternative)
-            swapped_error = (unet(repeated, t_repeated, swapped_context).sample
-                             - noise.repeat_interleave(per_alternative, 0)).pow(2).mean(dim=(1, 2, 3))
+            swapped_noise = epsilon_from_output(noise_schedule, unet(repeated, t_repeated, swapped_context).sample,
+                                                repeated, t_repeated)
+            swapped_error = (swapped_noise - noise.repeat_interleave(per_alternative, 0)).pow(2).mean(dim=(1, 2, 3))
             wins += (true_error.repeat_interleave(per_alternative) < swapped_error).float()
         readings[timestep] = (wins / repeats).view(len(cases), per_alternative)
     return readings
